@@ -1,0 +1,105 @@
+"""The lifecycle every service shares, written once.
+
+``ServiceBase`` gives a service ``start``/``stop``/``health``/``stats`` and the async context
+manager; subclasses override ``on_start``/``on_stop``/``check_health``. Request counters follow
+the NATS micro-service STATS shape; the orchestrator's proxies feed them via :meth:`record_call`.
+"""
+
+from __future__ import annotations
+
+from types import TracebackType
+from typing import Self
+
+from fogcoord.clock import Clock, SystemClock
+from fogcoord.contracts.lifecycle import HealthStatus, ServiceStats
+
+
+class ServiceBase:
+    service_type: str = "service"
+
+    def __init__(
+        self,
+        name: str | None = None,
+        *,
+        dependencies: tuple[str, ...] = (),
+        clock: Clock | None = None,
+    ) -> None:
+        self._name = name or self.service_type
+        self._dependencies = tuple(dependencies)
+        self.clock: Clock = clock or SystemClock()
+        self._running = False
+        self._started_at: float | None = None
+        self._requests = 0
+        self._errors = 0
+        self._processing = 0.0
+        self._last_error = ""
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def dependencies(self) -> tuple[str, ...]:
+        return self._dependencies
+
+    @property
+    def running(self) -> bool:
+        return self._running
+
+    async def start(self) -> None:
+        if self._running:
+            return
+        await self.on_start()
+        self._running = True
+        self._started_at = self.clock.time()
+
+    async def stop(self) -> None:
+        if not self._running:
+            return
+        self._running = False
+        await self.on_stop()
+
+    async def health(self) -> HealthStatus:
+        if not self._running:
+            return HealthStatus.critical("not running")
+        return await self.check_health()
+
+    def stats(self) -> ServiceStats:
+        avg = self._processing / self._requests if self._requests else 0.0
+        return ServiceStats(
+            name=self._name,
+            requests=self._requests,
+            errors=self._errors,
+            processing_time_s=self._processing,
+            average_processing_time_s=avg,
+            last_error=self._last_error,
+            started_at=self._started_at,
+        )
+
+    def record_call(self, elapsed_s: float, error: BaseException | None = None) -> None:
+        self._requests += 1
+        self._processing += elapsed_s
+        if error is not None:
+            self._errors += 1
+            self._last_error = f"{type(error).__name__}: {error}"
+
+    async def on_start(self) -> None:
+        """Acquire resources; raise to fail the start."""
+
+    async def on_stop(self) -> None:
+        """Release resources."""
+
+    async def check_health(self) -> HealthStatus:
+        return HealthStatus.passing()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
