@@ -11,6 +11,8 @@ import asyncio
 import heapq
 import itertools
 import time as _time
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Protocol, runtime_checkable
 
 
@@ -21,6 +23,10 @@ class Clock(Protocol):
     def time(self) -> float: ...
 
     async def sleep(self, seconds: float) -> None: ...
+
+    def timeout(self, seconds: float | None) -> AbstractAsyncContextManager[None]:
+        """Like ``asyncio.timeout``: raises ``TimeoutError`` when ``seconds`` pass on this clock."""
+        ...
 
 
 class SystemClock:
@@ -35,6 +41,15 @@ class SystemClock:
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(max(0.0, seconds))
 
+    def timeout(self, seconds: float | None) -> AbstractAsyncContextManager[None]:
+        return _loop_timeout(seconds)
+
+
+@asynccontextmanager
+async def _loop_timeout(seconds: float | None) -> AsyncIterator[None]:
+    async with asyncio.timeout(seconds):
+        yield
+
 
 class FakeClock:
     """A clock that only moves when told to.
@@ -47,6 +62,7 @@ class FakeClock:
         self._now = start
         self._wall_offset = wall_offset
         self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._timers: list[tuple[float, int, asyncio.Timeout]] = []
         self._seq = itertools.count()
 
     def monotonic(self) -> float:
@@ -63,6 +79,24 @@ class FakeClock:
         heapq.heappush(self._sleepers, (self._now + seconds, next(self._seq), fut))
         await fut
 
+    def timeout(self, seconds: float | None) -> AbstractAsyncContextManager[None]:
+        return self._timeout(seconds)
+
+    @asynccontextmanager
+    async def _timeout(self, seconds: float | None) -> AsyncIterator[None]:
+        # An asyncio.Timeout with no deadline, expired by advance(): asyncio then does the
+        # cancellation-to-TimeoutError conversion exactly as it does for real deadlines.
+        async with asyncio.timeout(None) as tm:
+            if seconds is not None:
+                entry = (self._now + seconds, next(self._seq), tm)
+                heapq.heappush(self._timers, entry)
+            try:
+                yield
+            finally:
+                if seconds is not None:
+                    self._timers.remove(entry)
+                    heapq.heapify(self._timers)
+
     @property
     def sleepers(self) -> int:
         return sum(1 for _, _, f in self._sleepers if not f.done())
@@ -76,6 +110,11 @@ class FakeClock:
             _, _, fut = heapq.heappop(self._sleepers)
             if not fut.done():
                 fut.set_result(None)
+        loop_now = None
+        for deadline, _, tm in self._timers:
+            if deadline <= self._now and not tm.expired():
+                loop_now = loop_now or asyncio.get_running_loop().time()
+                tm.reschedule(loop_now)
 
     async def advance_and_settle(self, seconds: float, rounds: int = 5) -> None:
         """Advance, then yield to the loop a few times so woken tasks run."""

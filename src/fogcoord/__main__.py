@@ -1,0 +1,3 @@
+from fogcoord.cli import main
+
+main()

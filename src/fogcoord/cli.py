@@ -1,0 +1,227 @@
+"""The ``fogcoord`` command line."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Awaitable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from fogcoord.config import FogConfig, load_config, parse_config, read_yaml
+from fogcoord.contracts.errors import ConfigError
+
+T = TypeVar("T")
+app = typer.Typer(help="fogcoord: a fog-computing coordinator.", no_args_is_help=True)
+config_app = typer.Typer(help="Show or check configuration.", no_args_is_help=True)
+keys_app = typer.Typer(help="Manage API keys on a running coordinator.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+app.add_typer(keys_app, name="keys")
+out = Console()
+err = Console(stderr=True)
+
+ConfigOpt = Annotated[
+    Path | None, typer.Option("--config", "-c", help="YAML file (default: $FOGCOORD_CONFIG)")
+]
+UrlOpt = Annotated[
+    str | None, typer.Option("--url", help="coordinator URL (default: $FOGCOORD_URL)")
+]
+KeyOpt = Annotated[
+    str | None, typer.Option("--api-key", help="API key (default: $FOGCOORD_API_KEY)")
+]
+
+
+def _config(path: Path | None, **server: Any) -> FogConfig:
+    try:
+        config = load_config(path)
+        overrides = {k: v for k, v in server.items() if v is not None}
+        if overrides:
+            data = config.model_dump(mode="json")
+            data["server"].update(
+                {k: str(v) if isinstance(v, Path) else v for k, v in overrides.items()}
+            )
+            config = parse_config(data)
+    except ConfigError as exc:
+        _config_errors(exc)
+        raise typer.Exit(2) from None
+    return config
+
+
+def _config_errors(exc: ConfigError) -> None:
+    err.print("[red]invalid configuration:[/red]")
+    for key, reason in exc.errors:
+        err.print(f"  {key}: {reason}")
+
+
+def _run(coro: Awaitable[T]) -> T:
+    from fogcoord.client import FogApiError
+
+    async def main() -> T:
+        return await coro
+
+    try:
+        return asyncio.run(main())
+    except FogApiError as exc:
+        err.print(f"[red]{exc.code}[/red] ({exc.status}): {exc.detail}")
+        raise typer.Exit(1) from None
+    except OSError as exc:
+        err.print(f"[red]cannot reach the coordinator:[/red] {exc}")
+        raise typer.Exit(1) from None
+
+
+@app.command()
+def serve(
+    config: ConfigOpt = None,
+    host: Annotated[str | None, typer.Option(help="bind address")] = None,
+    port: Annotated[int | None, typer.Option(help="TCP port")] = None,
+    data_dir: Annotated[Path | None, typer.Option("--data-dir", help="state directory")] = None,
+) -> None:
+    """Run the coordinator (API and services) until Ctrl-C."""
+    from fogcoord.coordinator import Coordinator
+    from fogcoord.serve import serve as run_server
+
+    cfg = _config(config, host=host, port=port, data_dir=data_dir)
+
+    async def ready(coord: Coordinator, bound_port: int) -> bool:
+        url = f"http://{cfg.server.host}:{bound_port}"
+        out.print(f"fogcoord serving on {url}  (API docs: {url}/docs)")
+        key = coord.auth.bootstrap_key
+        if key is not None:
+            out.print("First operator API key, shown once; keep it (export FOGCOORD_API_KEY=...):")
+            out.print(f"  {key.key}", highlight=False)
+        sys.stdout.flush()
+        return True
+
+    code = asyncio.run(run_server(cfg, on_ready=ready))
+    raise typer.Exit(code)
+
+
+@app.command()
+def demo(
+    config: ConfigOpt = None,
+    data_dir: Annotated[Path | None, typer.Option("--data-dir", help="state directory")] = None,
+    exit_after: Annotated[
+        bool, typer.Option("--exit/--no-exit", help="stop after the run instead of serving")
+    ] = True,
+) -> None:
+    """Start an embedded coordinator, show its health and services, and stop."""
+    import tempfile
+
+    from fogcoord.demo import run_demo
+
+    if data_dir is None:
+        data_dir = Path(tempfile.mkdtemp(prefix="fogcoord-demo-"))
+    out.print(f"data directory: {data_dir}")
+    cfg = _config(config, data_dir=data_dir, port=0)
+    raise typer.Exit(asyncio.run(run_demo(cfg, out, serve_after=not exit_after)))
+
+
+@app.command()
+def services(url: UrlOpt = None, api_key: KeyOpt = None) -> None:
+    """Show the service registry of a running coordinator."""
+    from fogcoord.client import FogClient
+    from fogcoord.render import services_table
+
+    async def fetch() -> Any:
+        async with FogClient(url, api_key) as fog:
+            return await fog.services()
+
+    out.print(services_table(_run(fetch())))
+
+
+@config_app.command("show")
+def config_show(config: ConfigOpt = None) -> None:
+    """Print the effective configuration as YAML (defaults, file, environment)."""
+    out.print(_config(config).to_yaml(), highlight=False, markup=False)
+
+
+@config_app.command("validate")
+def config_validate(file: Annotated[Path, typer.Argument(help="YAML file to check")]) -> None:
+    """Check a configuration file; exits non-zero listing every error."""
+    try:
+        parse_config(read_yaml(file))
+    except ConfigError as exc:
+        _config_errors(exc)
+        raise typer.Exit(1) from None
+    out.print(f"{file}: valid")
+
+
+@keys_app.command("create")
+def keys_create(
+    kind: Annotated[str | None, typer.Option(help="operator, requester or device")] = None,
+    name: Annotated[str | None, typer.Option(help="name of the new principal")] = None,
+    principal: Annotated[str | None, typer.Option(help="add a key to this principal")] = None,
+    scope: Annotated[list[str] | None, typer.Option(help="limit to these scopes")] = None,
+    url: UrlOpt = None,
+    api_key: KeyOpt = None,
+) -> None:
+    """Create a principal and key (or a key for an existing principal); the key is shown once."""
+    from fogcoord.auth.models import PrincipalKind, Scope
+    from fogcoord.client import FogClient
+
+    try:
+        kind_v = PrincipalKind(kind) if kind else None
+        scopes = [Scope(s) for s in scope] if scope else None
+    except ValueError as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+
+    async def create() -> Any:
+        async with FogClient(url, api_key) as fog:
+            return await fog.create_key(
+                kind=kind_v, name=name, principal_id=principal, scopes=scopes
+            )
+
+    issued = _run(create())
+    out.print(f"principal {issued.principal.principal_id} ({issued.principal.kind.value})")
+    out.print(f"key id    {issued.info.key_id}")
+    out.print(f"key       {issued.key}   (shown once)", highlight=False)
+
+
+@keys_app.command("list")
+def keys_list(
+    principal: Annotated[str | None, typer.Option(help="only this principal")] = None,
+    url: UrlOpt = None,
+    api_key: KeyOpt = None,
+) -> None:
+    """List keys (ids and scopes; secrets are never stored)."""
+    from fogcoord.client import FogClient
+
+    async def fetch() -> Any:
+        async with FogClient(url, api_key) as fog:
+            return await fog.list_keys(principal)
+
+    table = Table("key id", "principal", "scopes", "revoked")
+    for info in _run(fetch()):
+        table.add_row(
+            info.key_id,
+            info.principal_id,
+            ", ".join(s.value for s in info.scopes),
+            "yes" if info.revoked_at else "",
+        )
+    out.print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    key_id: Annotated[str, typer.Argument(help="key id to revoke")],
+    url: UrlOpt = None,
+    api_key: KeyOpt = None,
+) -> None:
+    """Revoke a key at once."""
+    from fogcoord.client import FogClient
+
+    async def revoke() -> Any:
+        async with FogClient(url, api_key) as fog:
+            return await fog.revoke_key(key_id)
+
+    info = _run(revoke())
+    out.print(f"revoked {info.key_id}")
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,128 @@
+"""A typed async client for the coordinator's HTTP API.
+
+CLI commands that talk to a running coordinator go through it, so a Python user can drive
+everything the CLI can::
+
+    async with FogClient("http://127.0.0.1:8400", api_key) as fog:
+        print(await fog.services())
+"""
+
+from __future__ import annotations
+
+import os
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+import httpx
+from pydantic import BaseModel, TypeAdapter
+
+from fogcoord.api.schemas import KeyCreate, Liveness, Readiness, ServicesView, WhoAmI
+from fogcoord.auth.models import ApiKeyInfo, IssuedKey, PrincipalKind, Scope
+
+M = TypeVar("M", bound=BaseModel)
+DEFAULT_URL = "http://127.0.0.1:8400"
+URL_ENV = "FOGCOORD_URL"
+KEY_ENV = "FOGCOORD_API_KEY"
+
+
+class FogApiError(Exception):
+    """The API answered with an error: ``code`` is its stable machine-readable code."""
+
+    def __init__(self, status: int, code: str, detail: str, body: dict[str, Any]) -> None:
+        super().__init__(f"{status} {code}: {detail}")
+        self.status = status
+        self.code = code
+        self.detail = detail
+        self.body = body
+
+
+class FogClient:
+    def __init__(
+        self,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        *,
+        timeout: float = 30.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.base_url = (base_url or os.environ.get(URL_ENV) or DEFAULT_URL).rstrip("/")
+        key = api_key if api_key is not None else os.environ.get(KEY_ENV)
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        self._http = httpx.AsyncClient(
+            base_url=self.base_url, headers=headers, timeout=timeout, transport=transport
+        )
+
+    async def close(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        """Send a request; the decoded JSON body, or :class:`FogApiError`."""
+        response = await self._http.request(method, path, **kwargs)
+        if response.status_code >= 400:
+            try:
+                body = response.json()
+            except ValueError:
+                body = {"error": "http_error", "detail": response.text}
+            if not isinstance(body, dict):
+                body = {"error": "http_error", "detail": str(body)}
+            raise FogApiError(
+                response.status_code,
+                str(body.get("error", "http_error")),
+                str(body.get("detail", "")),
+                body,
+            )
+        if not response.content:
+            return None
+        return response.json()
+
+    async def _get(self, model: type[M], path: str, **kwargs: Any) -> M:
+        return model.model_validate(await self.request("GET", path, **kwargs))
+
+    # --- system --------------------------------------------------------------------------------
+
+    async def healthz(self) -> Liveness:
+        return await self._get(Liveness, "/healthz")
+
+    async def readyz(self) -> Readiness:
+        """Readiness even when not ready (503 carries the same body)."""
+        response = await self._http.get("/readyz")
+        return Readiness.model_validate(response.json())
+
+    async def services(self) -> ServicesView:
+        return await self._get(ServicesView, "/v1/services")
+
+    async def whoami(self) -> WhoAmI:
+        return await self._get(WhoAmI, "/v1/whoami")
+
+    # --- keys ----------------------------------------------------------------------------------
+
+    async def create_key(
+        self,
+        *,
+        kind: PrincipalKind | None = None,
+        name: str | None = None,
+        principal_id: str | None = None,
+        scopes: list[Scope] | None = None,
+    ) -> IssuedKey:
+        body = KeyCreate(kind=kind, name=name, principal_id=principal_id, scopes=scopes)
+        data = await self.request("POST", "/v1/keys", json=body.model_dump(mode="json"))
+        return IssuedKey.model_validate(data)
+
+    async def list_keys(self, principal_id: str | None = None) -> list[ApiKeyInfo]:
+        params = {"principal_id": principal_id} if principal_id else None
+        data = await self.request("GET", "/v1/keys", params=params)
+        return TypeAdapter(list[ApiKeyInfo]).validate_python(data)
+
+    async def revoke_key(self, key_id: str) -> ApiKeyInfo:
+        return ApiKeyInfo.model_validate(await self.request("DELETE", f"/v1/keys/{key_id}"))

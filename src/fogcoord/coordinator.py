@@ -1,0 +1,90 @@
+"""The composition root: builds every service from configuration and wires them together.
+
+Only this module (and the CLI/API above it) knows concrete classes; services see each other only
+through the orchestrator's discovery and the event bus.
+"""
+
+from __future__ import annotations
+
+from types import TracebackType
+from typing import Self
+
+from fogcoord.auth.service import AuthService
+from fogcoord.clock import Clock, SystemClock
+from fogcoord.config import FogConfig
+from fogcoord.orchestration.bus.inprocess import InProcessEventBus
+from fogcoord.orchestration.bus.protocol import EventBus
+from fogcoord.orchestration.service import FogOrchestrationService
+from fogcoord.storage.service import StorageService
+
+
+def make_bus(config: FogConfig, clock: Clock) -> EventBus:
+    messaging = config.orchestration.messaging
+    if config.bus.url == "inprocess":
+        return InProcessEventBus(
+            max_queue_size=messaging.max_queue_size,
+            retry_backoff_ms=messaging.retry_backoff_ms,
+            max_delivery_attempts=messaging.max_delivery_attempts,
+            clock=clock,
+        )
+    from fogcoord.orchestration.bus.nats import NatsEventBus
+
+    return NatsEventBus(
+        url=config.bus.url,
+        subject_prefix=config.bus.subject_prefix,
+        encoding=messaging.encoding,
+        max_queue_size=messaging.max_queue_size,
+        retry_backoff_ms=messaging.retry_backoff_ms,
+        max_delivery_attempts=messaging.max_delivery_attempts,
+        clock=clock,
+    )
+
+
+class Coordinator:
+    """Every service of one coordinator process, started in dependency order."""
+
+    def __init__(
+        self,
+        config: FogConfig,
+        *,
+        clock: Clock | None = None,
+        db_schema: str | None = None,
+    ) -> None:
+        self.config = config
+        self.clock = clock or SystemClock()
+        self.bus = make_bus(config, self.clock)
+        self.orchestration = FogOrchestrationService(
+            config.orchestration, self.bus, clock=self.clock
+        )
+        self.storage = StorageService(config.database_url(), schema=db_schema, clock=self.clock)
+        self.auth = AuthService(
+            self.storage, operator_key=config.server.operator_key, clock=self.clock
+        )
+        self._started = False
+
+    async def start(self) -> None:
+        if self._started:
+            return
+        self.config.server.data_dir.mkdir(parents=True, exist_ok=True)
+        for service in (self.storage, self.auth):
+            await self.orchestration.register_service(service.name, service)
+        await self.orchestration.initialize_services()
+        self._started = True
+
+    async def stop(self, graceful: bool = True) -> bool:
+        if not self._started:
+            return True
+        self._started = False
+        return await self.orchestration.shutdown_services(graceful=graceful)
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()

@@ -1,0 +1,1 @@
+"""Harvesting: the device registry, suitability, participant selection, allocation, bursts."""

@@ -1,0 +1,1 @@
+"""Marketplace: pricing, reverse auctions with escrow, settlement, revenue distribution."""

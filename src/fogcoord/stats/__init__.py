@@ -1,0 +1,1 @@
+"""System stats: metrics store, health reports, alerts, exports and the dashboard feed."""

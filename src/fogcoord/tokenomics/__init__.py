@@ -1,0 +1,1 @@
+"""Tokenomics: the double-entry ledger, wallets, escrow, payments and mining rewards."""
