@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from fogcoord.clock import FakeClock
@@ -20,6 +18,6 @@ def nats_url() -> str:
 
 
 @pytest.fixture
-def pg_url() -> Iterator[str]:
+def pg_url() -> str:
     need("PostgreSQL", "127.0.0.1", 5432)
-    yield PG_URL
+    return PG_URL

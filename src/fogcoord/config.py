@@ -105,8 +105,10 @@ class RevenueSharingConfig(_Block):
     @field_validator("validator_share_percent")
     @classmethod
     def _shares_sum_to_100(cls, v: float, info: Any) -> float:
-        total = v + info.data.get("platform_fee_percent", 0) + info.data.get(
-            "provider_share_percent", 0
+        total = (
+            v
+            + info.data.get("platform_fee_percent", 0)
+            + info.data.get("provider_share_percent", 0)
         )
         if abs(total - 100) > 1e-9:
             raise ValueError(f"platform + provider + validator shares must be 100, not {total}")

@@ -102,9 +102,11 @@ def test_cli_talks_to_the_running_coordinator(served: Served) -> None:
     assert key_id.group(1) in listed.stdout
     services = _cli("services", env=env)
     assert services.returncode == 0
-    assert "storage" in services.stdout and "auth" in services.stdout
+    assert "storage" in services.stdout
+    assert "auth" in services.stdout
     revoked = _cli("keys", "revoke", key_id.group(1), env=env)
-    assert revoked.returncode == 0 and "revoked" in revoked.stdout
+    assert revoked.returncode == 0
+    assert "revoked" in revoked.stdout
     denied = _cli("services", env={"FOGCOORD_URL": served.url, "FOGCOORD_API_KEY": "nope"})
     assert denied.returncode == 1
     assert "unauthenticated" in denied.stderr

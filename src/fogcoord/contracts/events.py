@@ -73,7 +73,7 @@ _REGISTRY[ServiceEvent.event_type] = ServiceEvent
 
 
 class ServiceStateChanged(ServiceEvent):
-    """A service moved through its lifecycle (registered, starting, running, stopping, stopped, failed)."""
+    """A service moved through its lifecycle: registered, starting, running, stopped, failed."""
 
     service_id: str
     state: str

@@ -163,14 +163,20 @@ class FogOrchestrationService(ServiceBase):
             await asyncio.gather(self._health_task, return_exceptions=True)
             self._health_task = None
         clean = True
+        grace = self.config.shutdown_grace_seconds
+        deadline = self.clock.monotonic() + grace
         if graceful:
-            clean = await self.bus.drain(self.config.shutdown_grace_seconds)
+            clean = await self.bus.drain(grace)
         for level in reversed(self._levels):
             slots = [self._slots[n] for n in level if n in self._slots]
             results = await asyncio.gather(*(self._stop_slot(s) for s in slots))
             clean = clean and all(results)
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
+        if graceful and clean:
+            # The services' "stopped" events were published after the first drain; closing the
+            # bus now would cancel their delivery.
+            clean = await self.bus.drain(max(0.0, deadline - self.clock.monotonic()))
         await self.stop()
         return clean
 

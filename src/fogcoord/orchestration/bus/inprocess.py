@@ -59,7 +59,7 @@ class InProcessEventBus:
         self._by_type: dict[str, list[_Sub]] = defaultdict(list)
         self._groups: dict[tuple[str, str], list[_Sub]] = defaultdict(list)
         self._rr: dict[tuple[str, str], itertools.count[int]] = {}
-        self._parked: dict[tuple[str, str], deque[ServiceEvent]] = defaultdict(deque)
+        self._parked: dict[str, deque[ServiceEvent]] = defaultdict(deque)
         self._dead: list[DeadLetter] = []
         self._dedup = DedupWindow(self._clock)
         self._closed = False
@@ -104,12 +104,23 @@ class InProcessEventBus:
         sub = _Sub(self, queue)
         self._by_type[event_type.event_type].append(sub)
         if group is not None:
-            key = (group, event_type.event_type)
-            self._groups[key].append(sub)
-            parked = self._parked.pop(key, None)
-            while parked:
-                await queue.put(parked.popleft())
+            self._groups[(group, event_type.event_type)].append(sub)
+            for event in self._unpark(group, event_type.event_type):
+                await queue.put(event)
         return sub
+
+    def _unpark(self, group: str, event_type: str) -> list[ServiceEvent]:
+        """The durable events parked for ``group`` that a new member of ``event_type`` takes."""
+        parked = self._parked.get(group)
+        if not parked:
+            return []
+        taken = [e for e in parked if event_type in (ANY, e.event_type)]
+        kept = deque(e for e in parked if event_type not in (ANY, e.event_type))
+        if kept:
+            self._parked[group] = kept
+        else:
+            del self._parked[group]
+        return taken
 
     async def _remove(self, sub: _Sub) -> None:
         subs = self._by_type.get(sub.queue.event_type, [])
@@ -133,8 +144,10 @@ class InProcessEventBus:
         if not self._accept(event):
             return
         self._published += 1
-        for key in (event.event_type, ANY):
-            for sub in self._by_type.get(key, ()):
+        keys = (ANY,) if event.event_type == ANY else (event.event_type, ANY)
+        for key in keys:
+            # A snapshot: an unsubscribe while this waits for space must not skip a subscriber.
+            for sub in tuple(self._by_type.get(key, ())):
                 if not sub.queue.offer(event):
                     await sub.queue.put(event)
 
@@ -145,13 +158,13 @@ class InProcessEventBus:
             return
         self._routed += 1
         key = (event.target, event.event_type)
-        members = self._groups.get(key)
+        members = tuple(self._groups.get(key, ()))
         if not members:
-            members = self._groups.get((event.target, ANY))
             key = (event.target, ANY)
+            members = tuple(self._groups.get(key, ()))
         if not members:
             if event.durable:
-                self._parked[(event.target, event.event_type)].append(event)
+                self._parked[event.target].append(event)
             else:
                 self._unroutable += 1
             return

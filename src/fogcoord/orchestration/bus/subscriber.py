@@ -9,6 +9,7 @@ saves about half of each hop.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -16,6 +17,8 @@ from typing import Any
 from fogcoord.clock import Clock
 from fogcoord.contracts.events import ServiceEvent
 from fogcoord.orchestration.bus.protocol import DeadLetter, SubscriberStats
+
+_log = logging.getLogger(__name__)
 
 DeadLetterSink = Callable[[DeadLetter], None]
 AckHook = Callable[[Any, bool], Awaitable[None]]
@@ -51,6 +54,8 @@ class SubscriberQueue:
         self._idle = asyncio.Event()
         self._idle.set()
         self._task: asyncio.Task[None] | None = None
+        self._ack: AckHook | None = None
+        self._stopped = False
         self.delivered = 0
         self.failed_attempts = 0
         self.dead_lettered = 0
@@ -64,16 +69,28 @@ class SubscriberQueue:
     def full(self) -> bool:
         return len(self._items) >= self._max
 
+    @property
+    def stopped(self) -> bool:
+        return self._stopped
+
     def offer(self, event: ServiceEvent, token: Any = None) -> bool:
-        """Enqueue without waiting; False when the queue is full."""
-        if len(self._items) >= self._max:
+        """Enqueue without waiting; False when the queue is full or stopped."""
+        if self._stopped or len(self._items) >= self._max:
             return False
         self._enqueue(event, token)
         return True
 
-    async def put(self, event: ServiceEvent, token: Any = None) -> None:
-        """Enqueue, waiting for space while the queue is full (back-pressure)."""
-        while len(self._items) >= self._max:
+    async def put(self, event: ServiceEvent, token: Any = None) -> bool:
+        """Enqueue, waiting for space while the queue is full (back-pressure).
+
+        Returns False, dropping the event, when the queue is or gets stopped (its subscriber is
+        gone) instead of leaking a ``CancelledError`` into the publisher.
+        """
+        while True:
+            if self._stopped:
+                return False
+            if len(self._items) < self._max:
+                break
             fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self._space.append(fut)
             try:
@@ -83,6 +100,7 @@ class SubscriberQueue:
                     self._release_space()
                 raise
         self._enqueue(event, token)
+        return True
 
     def _enqueue(self, event: ServiceEvent, token: Any) -> None:
         self._items.append((event, token))
@@ -103,16 +121,24 @@ class SubscriberQueue:
 
     def start(self, ack: AckHook | None = None) -> None:
         self._ack = ack
+        self._stopped = False
         self._task = asyncio.get_running_loop().create_task(self._run(), name=f"sub:{self.name}")
 
     async def stop(self) -> None:
+        self._stopped = True
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
-        for fut in self._space:
+        # Events still queued will never be handled: forget them so ``join`` does not hang.
+        self._items.clear()
+        self._unfinished = 0
+        self._idle.set()
+        # Wake publishers waiting for space: they see ``stopped`` and drop their event.
+        while self._space:
+            fut = self._space.popleft()
             if not fut.done():
-                fut.cancel()
+                fut.set_result(None)
 
     async def join(self, timeout: float | None = None) -> bool:
         if self._unfinished == 0:
@@ -138,7 +164,11 @@ class SubscriberQueue:
                 self._release_space()
             ok = await self._deliver(event)
             if self._ack is not None:
-                await self._ack(token, ok)
+                try:
+                    await self._ack(token, ok)
+                except Exception:
+                    # A failed ack must not kill the worker: the broker redelivers instead.
+                    _log.exception("subscriber %s: ack hook failed", self.name)
             self._unfinished -= 1
             if self._unfinished == 0:
                 self._idle.set()

@@ -1,0 +1,17 @@
+"""The figure modules ``python -m benchmarks`` runs, in order.
+
+To add a figure family, write ``benchmarks/<family>.py`` with ``FIGURES``, ``UNIT`` (or
+``UNITS``) and ``run()``, and append its module name here. Modules are imported only to read
+their declarations; nothing heavy may happen at import time.
+"""
+
+from __future__ import annotations
+
+MODULES: tuple[str, ...] = (
+    "benchmarks.bus_latency",
+    "benchmarks.bus_throughput",
+    "benchmarks.nats_latency",
+    "benchmarks.orchestration_lifecycle",
+    "benchmarks.orchestration_rss",
+    "benchmarks.serve_rss",
+)
