@@ -21,6 +21,12 @@ config_app = typer.Typer(help="Show or check configuration.", no_args_is_help=Tr
 keys_app = typer.Typer(help="Manage API keys on a running coordinator.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 app.add_typer(keys_app, name="keys")
+wallet_app = typer.Typer(
+    help="Wallets and payments on a running coordinator.", no_args_is_help=True
+)
+ledger_app = typer.Typer(help="Check the ledger's integrity.", no_args_is_help=True)
+app.add_typer(wallet_app, name="wallet")
+app.add_typer(ledger_app, name="ledger")
 out = Console()
 err = Console(stderr=True)
 
@@ -221,6 +227,137 @@ def keys_revoke(
 
     info = _run(revoke())
     out.print(f"revoked {info.key_id}")
+
+
+@wallet_app.command("create")
+def wallet_create(
+    wallet_id: Annotated[str | None, typer.Argument(help="default: your principal id")] = None,
+    funding: Annotated[str | None, typer.Option(help="your wallet that tops this one up")] = None,
+    url: UrlOpt = None,
+    api_key: KeyOpt = None,
+) -> None:
+    """Create a wallet (granted the configured opening balance once)."""
+    from fogcoord.client import FogClient
+
+    async def create() -> Any:
+        async with FogClient(url, api_key) as fog:
+            return await fog.create_wallet(wallet_id, funding_wallet=funding)
+
+    info = _run(create())
+    out.print(f"wallet {info.wallet_id}: balance {info.balance} tokens")
+
+
+@wallet_app.command("balance")
+def wallet_balance(
+    wallet_id: Annotated[str | None, typer.Argument(help="default: all your wallets")] = None,
+    url: UrlOpt = None,
+    api_key: KeyOpt = None,
+) -> None:
+    """Show balances (posted, and pending in/out)."""
+    from fogcoord.client import FogClient
+
+    async def fetch() -> Any:
+        async with FogClient(url, api_key) as fog:
+            return [await fog.wallet(wallet_id)] if wallet_id else await fog.wallets()
+
+    table = Table("wallet", "owner", "balance", "pending out", "pending in", "funding")
+    for w in _run(fetch()):
+        table.add_row(
+            w.wallet_id,
+            w.owner,
+            str(w.balance),
+            str(w.pending_out),
+            str(w.pending_in),
+            w.funding_wallet or "",
+        )
+    out.print(table)
+
+
+@wallet_app.command("history")
+def wallet_history(
+    wallet_id: Annotated[str, typer.Argument(help="wallet")],
+    limit: Annotated[int, typer.Option(help="how many")] = 20,
+    before: Annotated[str | None, typer.Option(help="page: transfers before this id")] = None,
+    url: UrlOpt = None,
+    api_key: KeyOpt = None,
+) -> None:
+    """Transfers of a wallet, newest first."""
+    from fogcoord.client import FogClient
+
+    async def fetch() -> Any:
+        async with FogClient(url, api_key) as fog:
+            return await fog.history(wallet_id, limit=limit, before=before)
+
+    table = Table("id", "kind", "from", "to", "amount", "block", "memo")
+    for t in _run(fetch()):
+        sign = "-" if t.from_wallet == wallet_id else "+"
+        table.add_row(
+            t.transaction_id,
+            t.kind,
+            t.from_wallet,
+            t.to_wallet,
+            f"{sign}{t.amount}",
+            str(t.block),
+            t.memo,
+        )
+    out.print(table)
+
+
+@wallet_app.command("send")
+def wallet_send(
+    from_wallet: Annotated[str, typer.Argument(help="your wallet")],
+    to_wallet: Annotated[str, typer.Argument(help="recipient wallet")],
+    amount: Annotated[str, typer.Argument(help="tokens, up to 6 decimals")],
+    transaction_id: Annotated[
+        str | None, typer.Option("--id", help="idempotency id (default: random)")
+    ] = None,
+    memo: Annotated[str, typer.Option(help="note")] = "",
+    url: UrlOpt = None,
+    api_key: KeyOpt = None,
+) -> None:
+    """Pay another wallet; resending with the same --id never pays twice."""
+    import uuid
+    from decimal import Decimal, InvalidOperation
+
+    from fogcoord.client import FogClient
+
+    try:
+        value = Decimal(amount)
+    except InvalidOperation:
+        err.print(f"[red]amount: not a number: {amount!r}[/red]")
+        raise typer.Exit(2) from None
+    tid = transaction_id or uuid.uuid4().hex
+
+    async def send() -> Any:
+        async with FogClient(url, api_key) as fog:
+            return await fog.send(tid, from_wallet, to_wallet, value, memo)
+
+    result = _run(send())
+    out.print(f"{result.transaction_id}: {result.status.value} in block {result.block}")
+
+
+@ledger_app.command("verify")
+def ledger_verify(config: ConfigOpt = None) -> None:
+    """Recompute every balance and the block hash chain from the stored ledger."""
+    from fogcoord.storage.engine import create_engine
+    from fogcoord.tokenomics.store import SqlLedgerStore
+    from fogcoord.tokenomics.verify import verify_ledger
+
+    cfg = _config(config)
+    engine = create_engine(cfg.database_url())
+    try:
+        report = verify_ledger(SqlLedgerStore(engine))
+    finally:
+        engine.dispose()
+    out.print(
+        f"{report.accounts} accounts, {report.transfers} transfers, {report.block_count} blocks;"
+        f" head {report.head_hash[:16]}"
+    )
+    if not report.ok:
+        for problem in report.problems:
+            err.print(f"[red]{problem}[/red]")
+        raise typer.Exit(1)
+    out.print("[green]ledger verified: balances, double entry and block chain agree[/green]")
 
 
 def main() -> None:

@@ -10,14 +10,25 @@ everything the CLI can::
 from __future__ import annotations
 
 import os
+from decimal import Decimal
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
 import httpx
 from pydantic import BaseModel, TypeAdapter
 
-from fogcoord.api.schemas import KeyCreate, Liveness, Readiness, ServicesView, WhoAmI
+from fogcoord.api.schemas import (
+    KeyCreate,
+    LedgerHead,
+    Liveness,
+    Readiness,
+    ServicesView,
+    TransferCreate,
+    WalletCreate,
+    WhoAmI,
+)
 from fogcoord.auth.models import ApiKeyInfo, IssuedKey, PrincipalKind, Scope
+from fogcoord.contracts.tokenomics import EscrowHold, Transaction, TransactionResult, WalletInfo
 
 M = TypeVar("M", bound=BaseModel)
 DEFAULT_URL = "http://127.0.0.1:8400"
@@ -126,3 +137,58 @@ class FogClient:
 
     async def revoke_key(self, key_id: str) -> ApiKeyInfo:
         return ApiKeyInfo.model_validate(await self.request("DELETE", f"/v1/keys/{key_id}"))
+
+    # --- wallets and transfers -----------------------------------------------------------------
+
+    async def create_wallet(
+        self, wallet_id: str | None = None, *, funding_wallet: str | None = None
+    ) -> WalletInfo:
+        body = WalletCreate(wallet_id=wallet_id, funding_wallet=funding_wallet)
+        data = await self.request("POST", "/v1/wallets", json=body.model_dump(mode="json"))
+        return WalletInfo.model_validate(data)
+
+    async def wallets(self) -> list[WalletInfo]:
+        return TypeAdapter(list[WalletInfo]).validate_python(
+            await self.request("GET", "/v1/wallets")
+        )
+
+    async def wallet(self, wallet_id: str) -> WalletInfo:
+        return await self._get(WalletInfo, f"/v1/wallets/{wallet_id}")
+
+    async def history(
+        self, wallet_id: str, *, limit: int = 50, before: str | None = None
+    ) -> list[Transaction]:
+        params: dict[str, Any] = {"limit": limit}
+        if before:
+            params["before"] = before
+        data = await self.request("GET", f"/v1/wallets/{wallet_id}/history", params=params)
+        return TypeAdapter(list[Transaction]).validate_python(data)
+
+    async def holds(self, wallet_id: str) -> list[EscrowHold]:
+        data = await self.request("GET", f"/v1/wallets/{wallet_id}/holds")
+        return TypeAdapter(list[EscrowHold]).validate_python(data)
+
+    async def send(
+        self,
+        transaction_id: str,
+        from_wallet: str,
+        to_wallet: str,
+        amount: Decimal | str,
+        memo: str = "",
+    ) -> TransactionResult:
+        """Pay; safe to retry with the same ``transaction_id`` (never pays twice)."""
+        body = TransferCreate(
+            transaction_id=transaction_id,
+            from_wallet=from_wallet,
+            to_wallet=to_wallet,
+            amount=Decimal(amount),
+            memo=memo,
+        )
+        data = await self.request("POST", "/v1/transfers", json=body.model_dump(mode="json"))
+        return TransactionResult.model_validate(data)
+
+    async def transfer(self, transaction_id: str) -> Transaction:
+        return await self._get(Transaction, f"/v1/transfers/{transaction_id}")
+
+    async def ledger(self) -> LedgerHead:
+        return await self._get(LedgerHead, "/v1/ledger")

@@ -16,6 +16,7 @@ from fogcoord.orchestration.bus.inprocess import InProcessEventBus
 from fogcoord.orchestration.bus.protocol import EventBus
 from fogcoord.orchestration.service import FogOrchestrationService
 from fogcoord.storage.service import StorageService
+from fogcoord.tokenomics.service import FogTokenomicsService
 
 
 def make_bus(config: FogConfig, clock: Clock) -> EventBus:
@@ -60,13 +61,19 @@ class Coordinator:
         self.auth = AuthService(
             self.storage, operator_key=config.server.operator_key, clock=self.clock
         )
+        self.tokenomics = FogTokenomicsService(
+            config.tokenomics,
+            lambda: self.storage.engine,
+            clock=self.clock,
+            publish=self.orchestration.broadcast_event,
+        )
         self._started = False
 
     async def start(self) -> None:
         if self._started:
             return
         self.config.server.data_dir.mkdir(parents=True, exist_ok=True)
-        for service in (self.storage, self.auth):
+        for service in (self.storage, self.auth, self.tokenomics):
             await self.orchestration.register_service(service.name, service)
         await self.orchestration.initialize_services()
         self._started = True

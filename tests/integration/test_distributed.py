@@ -39,6 +39,7 @@ async def test_coordinator_runs_on_nats_and_postgres(
         assert {k: v.state for k, v in health.items()} == {
             "storage": HealthState.PASSING,
             "auth": HealthState.PASSING,
+            "tokenomics": HealthState.PASSING,
         }
         assert coord.storage.backend == "postgresql"
         bootstrap = coord.auth.bootstrap_key

@@ -9,7 +9,7 @@ from fastapi import FastAPI
 
 from fogcoord import __version__
 from fogcoord.api.errors import install_error_handlers
-from fogcoord.api.routes import keys, system
+from fogcoord.api.routes import keys, system, wallets
 from fogcoord.coordinator import Coordinator
 
 DESCRIPTION = """
@@ -42,4 +42,5 @@ def create_app(coord: Coordinator, *, manage_lifecycle: bool = True) -> FastAPI:
     install_error_handlers(app)
     app.include_router(system.router)
     app.include_router(keys.router)
+    app.include_router(wallets.router)
     return app

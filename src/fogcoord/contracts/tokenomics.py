@@ -12,6 +12,8 @@ from typing import Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from fogcoord.contracts.events import ServiceEvent
+
 
 class WalletInfo(BaseModel):
     model_config = ConfigDict(frozen=True)
@@ -31,9 +33,12 @@ class Transaction(BaseModel):
     from_wallet: str
     to_wallet: str
     amount: Decimal = Field(gt=0)
-    memo: str = ""
+    memo: str = Field(default="", max_length=200)
     timestamp: float = 0.0
     block: int | None = None
+    kind: str = Field(
+        default="transfer", description="transfer, pending, post or void (two-phase steps)"
+    )
 
 
 class TransactionStatus(StrEnum):
@@ -65,6 +70,68 @@ class WorkProof(BaseModel):
     reliability: float = Field(ge=0, le=1)
 
 
+class EscrowHold(BaseModel):
+    """A requester's view of one job's escrow."""
+
+    model_config = ConfigDict(frozen=True)
+
+    job_id: str
+    requester_wallet: str
+    held: Decimal
+    state: str = Field(description="pending, posted (captured), voided or expired")
+    captured: Decimal = Decimal(0)
+    remaining: Decimal = Decimal(0)
+    expires_at: float | None = None
+
+
+class WalletCreated(ServiceEvent):
+    wallet_id: str
+    owner: str
+    granted: Decimal
+
+
+class PaymentProcessed(ServiceEvent):
+    durable = True
+
+    transaction_id: str
+    from_wallet: str
+    to_wallet: str
+    amount: Decimal
+    fee: Decimal
+    block: int
+
+
+class LowBalance(ServiceEvent):
+    wallet_id: str
+    owner: str
+    balance: Decimal
+    threshold: Decimal
+    reason: str
+
+
+class RewardsDistributed(ServiceEvent):
+    durable = True
+
+    batch_id: str
+    total: Decimal
+    wallets: int
+
+
+class EscrowChanged(ServiceEvent):
+    durable = True
+
+    job_id: str
+    step: str
+    amount: Decimal
+
+
+class BlockCommitted(ServiceEvent):
+    number: int
+    hash: str
+    transfers: int
+    volume: Decimal
+
+
 class TokenomicsProtocol(Protocol):
     async def initialize_wallet(self, wallet_id: str) -> WalletInfo: ...
 
@@ -77,3 +144,20 @@ class TokenomicsProtocol(Protocol):
     async def verify_balance(self, wallet_id: str, amount: float) -> bool: ...
 
     async def get_transaction_history(self, wallet_id: str) -> list[Transaction]: ...
+
+    # escrow, in integer micro-tokens (the protocol every job uses)
+    async def hold_escrow(
+        self, job_id: str, requester_wallet: str, amount_micro: int, timeout_s: float = 0.0
+    ) -> TransactionResult: ...
+
+    async def capture_escrow(self, job_id: str, amount_micro: int) -> TransactionResult: ...
+
+    async def release_escrow(self, job_id: str) -> TransactionResult: ...
+
+    async def payout_escrow(
+        self, job_id: str, batch_id: str, payees: list[tuple[str, int]]
+    ) -> list[TransactionResult]: ...
+
+    async def close_escrow(self, job_id: str) -> TransactionResult | None: ...
+
+    def wallet_owner(self, wallet_id: str) -> str | None: ...

@@ -44,19 +44,23 @@ def create_engine(url: str, *, schema: str | None = None, synchronous: str = "FU
     if parsed.get_backend_name() == "postgresql":
         if parsed.drivername == "postgresql":
             parsed = parsed.set(drivername="postgresql+psycopg")
-        engine = sa.create_engine(parsed, pool_size=10, max_overflow=20, pool_pre_ping=True)
+        connect_args: dict[str, Any] = {}
         if schema:
-            with engine.begin() as conn:
-                conn.execute(sa.text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
-
-            @event.listens_for(engine, "connect")
-            def _search_path(dbapi_conn: Any, _record: Any) -> None:
-                cur = dbapi_conn.cursor()
-                cur.execute(f'SET search_path TO "{schema}"')
-                cur.close()
-                dbapi_conn.commit()
-
-        return engine
+            setup = sa.create_engine(parsed)
+            try:
+                with setup.begin() as conn:
+                    conn.execute(sa.text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
+            finally:
+                setup.dispose()
+            # Set at connection start-up, so every pooled connection sees only this schema.
+            connect_args["options"] = f"-csearch_path={schema}"
+        return sa.create_engine(
+            parsed,
+            pool_size=10,
+            max_overflow=20,
+            pool_pre_ping=True,
+            connect_args=connect_args,
+        )
     raise ValueError(f"unsupported database URL {url!r}: use sqlite:// or postgresql://")
 
 
