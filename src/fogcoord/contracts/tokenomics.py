@@ -90,17 +90,6 @@ class WalletCreated(ServiceEvent):
     granted: Decimal
 
 
-class PaymentProcessed(ServiceEvent):
-    durable = True
-
-    transaction_id: str
-    from_wallet: str
-    to_wallet: str
-    amount: Decimal
-    fee: Decimal
-    block: int
-
-
 class LowBalance(ServiceEvent):
     wallet_id: str
     owner: str

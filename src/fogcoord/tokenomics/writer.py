@@ -133,6 +133,15 @@ class GroupCommitWriter:
                 self._wake.clear()
                 await self._wake.wait()
             prepared: _Prepared | None = None
+            # Let callers just answered send their next request first: one loop turn turns a
+            # trickle of tiny blocks into one full block, and blocks, not transfers, cost fsyncs.
+            await asyncio.sleep(0)
+            if inflight is not None and len(self._queue) < max(1, len(inflight.ops) // 2):
+                # Too little waiting to fill a block of its own: building one now would only add
+                # a commit. Land the block in flight; its callers' next requests join the queue.
+                await self._land(inflight)
+                inflight = None
+                continue
             if self._queue:
                 ops = self._take()
                 try:
