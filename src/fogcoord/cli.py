@@ -8,6 +8,7 @@ from collections.abc import Awaitable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
+import httpx
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -74,7 +75,7 @@ def _run(coro: Awaitable[T]) -> T:
     except FogApiError as exc:
         err.print(f"[red]{exc.code}[/red] ({exc.status}): {exc.detail}")
         raise typer.Exit(1) from None
-    except OSError as exc:
+    except (OSError, httpx.TransportError) as exc:
         err.print(f"[red]cannot reach the coordinator:[/red] {exc}")
         raise typer.Exit(1) from None
 

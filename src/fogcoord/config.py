@@ -63,12 +63,39 @@ class OrchestrationConfig(_Block):
 class DeviceDiscoveryConfig(_Block):
     scan_interval_seconds: float = Field(120, gt=0)
     capability_cache_ttl: float = Field(300, gt=0)
+    state_flush_seconds: float = Field(
+        5.0, gt=0, description="extension: how often heartbeat state is written to the store"
+    )
 
 
 class ParticipantSelectionConfig(_Block):
     min_trust_score: float = Field(0.6, ge=0, le=1)
     min_battery_percent: float = Field(50, ge=0, le=100)
     min_ram_mb: int = Field(2048, ge=0)
+    battery_resume_margin_percent: float = Field(
+        5, ge=0, le=50, description="extension: battery hysteresis above min_battery_percent"
+    )
+    max_thermal_celsius: float = Field(
+        45, gt=0, le=120, description="extension: a device at or above this is throttled"
+    )
+    thermal_resume_celsius: float = Field(
+        40, gt=0, le=120, description="extension: a throttled device resumes at or below this"
+    )
+
+
+class TrustConfig(_Block):
+    initial_trust: float = Field(
+        0.65, ge=0, le=1, description="extension: trust of a new device (selectable by default)"
+    )
+    agreement_gain: float = Field(
+        0.05, gt=0, le=1, description="extension: share of the gap to 1 gained per valid result"
+    )
+    disagreement_factor: float = Field(
+        0.5, ge=0, lt=1, description="extension: trust is multiplied by this per invalid result"
+    )
+    reliability_decay: float = Field(
+        0.98, gt=0, lt=1, description="extension: weight of older results in reliability"
+    )
 
 
 class ResourceAllocationConfig(_Block):
@@ -80,6 +107,7 @@ class HarvestingConfig(_Block):
     device_discovery: DeviceDiscoveryConfig = DeviceDiscoveryConfig()
     participant_selection: ParticipantSelectionConfig = ParticipantSelectionConfig()
     resource_allocation: ResourceAllocationConfig = ResourceAllocationConfig()
+    trust: TrustConfig = TrustConfig()
 
 
 # --- marketplace ------------------------------------------------------------------------------
@@ -163,9 +191,16 @@ class TransactionProcessingConfig(_Block):
 
 
 class WalletManagementConfig(_Block):
-    default_balance: float = Field(10.0, ge=0)
-    minimum_balance: float = Field(0.01, ge=0)
-    auto_topup_threshold: float = Field(1.0, ge=0)
+    default_balance: float = Field(10.0, ge=0, le=1e12)
+    minimum_balance: float = Field(0.01, ge=0, le=1e12)
+    auto_topup_threshold: float = Field(1.0, ge=0, le=1e12)
+
+    @field_validator("default_balance", "minimum_balance", "auto_topup_threshold")
+    @classmethod
+    def _whole_micro_tokens(cls, v: float) -> float:
+        if round(v * 1_000_000) != round(v * 1_000_000, 6):
+            raise ValueError("at most 6 decimal places (1 micro-token)")
+        return v
 
 
 class TokenomicsConfig(_Block):
@@ -225,7 +260,9 @@ class ServerConfig(_Block):
     port: int = Field(8400, ge=0, le=65535)
     data_dir: Path = Field(Path("fogcoord-data"), description="SQLite files, keys, outputs")
     operator_key: str | None = Field(
-        None, min_length=24, description="extension: the first operator API key, if given"
+        None,
+        pattern=r"^fc_[0-9a-f]{16}_[A-Za-z0-9_-]{43}$",
+        description="extension: the first operator API key, if given (fc_<16 hex>_<43 chars>)",
     )
 
 

@@ -10,8 +10,10 @@ from types import TracebackType
 from typing import Self
 
 from fogcoord.auth.service import AuthService
+from fogcoord.channels import DeviceChannels
 from fogcoord.clock import Clock, SystemClock
 from fogcoord.config import FogConfig
+from fogcoord.harvesting.service import FogHarvestingService
 from fogcoord.orchestration.bus.inprocess import InProcessEventBus
 from fogcoord.orchestration.bus.protocol import EventBus
 from fogcoord.orchestration.service import FogOrchestrationService
@@ -67,13 +69,20 @@ class Coordinator:
             clock=self.clock,
             publish=self.orchestration.broadcast_event,
         )
+        self.harvesting = FogHarvestingService(
+            config.harvesting,
+            lambda: self.storage.engine,
+            clock=self.clock,
+            publish=self.orchestration.broadcast_event,
+        )
+        self.channels = DeviceChannels()
         self._started = False
 
     async def start(self) -> None:
         if self._started:
             return
         self.config.server.data_dir.mkdir(parents=True, exist_ok=True)
-        for service in (self.storage, self.auth, self.tokenomics):
+        for service in (self.storage, self.auth, self.tokenomics, self.harvesting):
             await self.orchestration.register_service(service.name, service)
         await self.orchestration.initialize_services()
         self._started = True

@@ -40,6 +40,7 @@ async def test_coordinator_runs_on_nats_and_postgres(
             "storage": HealthState.PASSING,
             "auth": HealthState.PASSING,
             "tokenomics": HealthState.PASSING,
+            "harvesting": HealthState.PASSING,
         }
         assert coord.storage.backend == "postgresql"
         bootstrap = coord.auth.bootstrap_key

@@ -9,7 +9,7 @@ from fastapi import FastAPI
 
 from fogcoord import __version__
 from fogcoord.api.errors import install_error_handlers
-from fogcoord.api.routes import keys, system, wallets
+from fogcoord.api.routes import devices, keys, system, wallets
 from fogcoord.coordinator import Coordinator
 
 DESCRIPTION = """
@@ -43,4 +43,5 @@ def create_app(coord: Coordinator, *, manage_lifecycle: bool = True) -> FastAPI:
     app.include_router(system.router)
     app.include_router(keys.router)
     app.include_router(wallets.router)
+    app.include_router(devices.router)
     return app

@@ -10,6 +10,7 @@ from decimal import Decimal
 from pydantic import BaseModel, ConfigDict, Field
 
 from fogcoord.auth.models import Principal, PrincipalKind, Scope
+from fogcoord.contracts.harvesting import DeviceCapability, DeviceHealth, NetworkType
 from fogcoord.contracts.lifecycle import HealthStatus
 from fogcoord.contracts.orchestration import ServiceEntry
 
@@ -79,3 +80,46 @@ class LedgerHead(BaseModel):
     hash: str
     accounts: int
     confirmation_blocks: int
+
+
+class DeviceRegistration(BaseModel):
+    """What an agent sends to register its device (the owner is the authenticated caller)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    device_id: str | None = Field(None, pattern=r"^[A-Za-z0-9_.@-]{1,64}$")
+    cpu_cores: int = Field(ge=1, le=1024)
+    gflops: float = Field(gt=0, le=1e6, description="measured GFLOP per second")
+    ram_mb: int = Field(ge=1, le=16_777_216)
+    storage_gb: float = Field(ge=0, le=1e6)
+    battery_percent: float = Field(ge=0, le=100)
+    charging: bool
+    thermal_celsius: float = Field(ge=-40, le=150)
+    network: NetworkType = NetworkType.UNKNOWN
+    bandwidth_mbps: float = Field(0.0, ge=0, le=1e6)
+    platform: str = Field("", max_length=64)
+    region: str = Field("", max_length=64)
+    public_key: str = Field(pattern=r"^[0-9a-f]{64}$", description="Ed25519 public key, hex")
+    signature: str = Field(
+        pattern=r"^[0-9a-f]{128}$",
+        description="Ed25519 signature of 'fogcoord-register|<device_id>|<public_key>', hex",
+    )
+
+
+class DeviceRegistered(BaseModel):
+    device: DeviceCapability
+    device_key: str = Field(description="the device's own API key, shown once")
+    health: DeviceHealth
+
+
+class Heartbeat(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    battery_percent: float = Field(ge=0, le=100)
+    charging: bool
+    thermal_celsius: float = Field(ge=-40, le=150)
+
+
+class DeviceView(BaseModel):
+    device: DeviceCapability
+    health: DeviceHealth

@@ -41,6 +41,7 @@ DEFAULT_SCOPES: dict[PrincipalKind, frozenset[Scope]] = {
             Scope.MARKET_WRITE,
             Scope.STATS_READ,
             Scope.STUDIES_WRITE,
+            Scope.DEVICES_WRITE,
         }
     ),
     PrincipalKind.DEVICE: frozenset(

@@ -122,6 +122,14 @@ class DeviceStateChangedEvent(ServiceEvent):
     state: str
 
 
+class DeviceResultVerified(ServiceEvent):
+    """Verification judged one of a device's results; trust and reliability follow it."""
+
+    device_id: str
+    task_id: str
+    valid: bool
+
+
 class HarvestingProtocol(Protocol):
     async def discover_devices(self) -> list[DeviceCapability]: ...
 

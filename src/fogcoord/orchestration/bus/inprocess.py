@@ -182,8 +182,8 @@ class InProcessEventBus:
         deadline = self._clock.monotonic() + timeout
         for subs in list(self._by_type.values()):
             for sub in list(subs):
-                left = deadline - self._clock.monotonic()
-                if left <= 0 or not await sub.queue.join(left):
+                left = max(0.0, deadline - self._clock.monotonic())
+                if not await sub.queue.join(left):
                     return False
         return True
 

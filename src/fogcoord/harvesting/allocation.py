@@ -1,0 +1,107 @@
+"""Allocation plans: tasks to devices, R replicas on distinct owners, within capacity.
+
+A device's capacity is how many tasks it may hold at once: its cores, further limited by RAM
+when the workload states RAM per task. Slots are laid out round by round (every device with
+room in round k gets its k-th slot), devices ordered so that neighbours have different owners;
+task t takes the R consecutive slots from t x R. Consecutive slots of a round are different
+devices of different owners, so collisions can only happen at a round boundary or when few owners
+remain; those few tasks are repaired one by one, and tasks no slot can take are reported as
+unassigned.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+
+from fogcoord.contracts.harvesting import AllocationPlan, ComputeWorkload
+from fogcoord.harvesting.registry import DeviceRegistry
+
+
+def capacities(
+    reg: DeviceRegistry, rows: npt.NDArray[np.intp], workload: ComputeWorkload
+) -> npt.NDArray[np.int64]:
+    cap = reg.cpu_cores[rows].astype(np.int64)
+    if workload.ram_mb_per_task > 0:
+        cap = np.minimum(cap, reg.ram_mb[rows].astype(np.int64) // workload.ram_mb_per_task)
+    return np.maximum(cap, 0)
+
+
+def plan(reg: DeviceRegistry, participants: list[str], workload: ComputeWorkload) -> AllocationPlan:
+    rows = np.array([reg.rows[d] for d in participants if d in reg.rows], dtype=np.intp)
+    tasks = list(workload.task_ids)
+    replicas = workload.replication
+    if rows.size == 0 or not tasks:
+        return AllocationPlan(workload_id=workload.workload_id, unassigned=tuple(tasks))
+    owners = reg.owner[rows]
+    # Spread owners: order by (position within the owner's devices, owner), so each round
+    # walks through distinct owners before repeating one.
+    order = np.lexsort((owners, _rank_within(owners)))
+    rows, owners = rows[order], owners[order]
+    cap = capacities(reg, rows, workload)
+    rounds = int(cap.max()) if cap.size else 0
+    slot_rows = np.concatenate([rows[cap > k] for k in range(rounds)]) if rounds else rows[:0]
+    slot_owner = np.concatenate([owners[cap > k] for k in range(rounds)]) if rounds else owners[:0]
+    n_full = min(len(tasks), slot_rows.size // replicas)
+    grid = slot_rows[: n_full * replicas].reshape(n_full, replicas)
+    grid_owner = slot_owner[: n_full * replicas].reshape(n_full, replicas)
+    sorted_owners = np.sort(grid_owner, axis=1)
+    clash = (
+        np.any(sorted_owners[:, 1:] == sorted_owners[:, :-1], axis=1)
+        if replicas > 1
+        else np.zeros(n_full, dtype=bool)
+    )
+    ids = reg.device_ids  # local alias
+    assignments: dict[str, tuple[str, ...]] = {}
+    ok_rows = np.flatnonzero(~clash)
+    meta = reg.meta
+    for t in ok_rows.tolist():
+        assignments[tasks[t]] = tuple(
+            m.device_id for m in (meta[int(r)] for r in grid[t]) if m is not None
+        )
+    # repair clashing tasks from the leftover slots, owner-distinct, one by one
+    leftover = list(
+        zip(
+            slot_rows[n_full * replicas :].tolist(),
+            slot_owner[n_full * replicas :].tolist(),
+            strict=True,
+        )
+    )
+    for t in np.flatnonzero(clash).tolist():
+        leftover.extend(zip(grid[t].tolist(), grid_owner[t].tolist(), strict=True))
+    pending = [tasks[t] for t in np.flatnonzero(clash).tolist()] + tasks[n_full:]
+    unassigned: list[str] = []
+    for task in pending:
+        chosen: list[int] = []
+        seen: set[int] = set()
+        for i, (_, owner) in enumerate(leftover):
+            if owner not in seen:
+                chosen.append(i)
+                seen.add(owner)
+                if len(chosen) == replicas:
+                    break
+        if len(chosen) < replicas:
+            unassigned.append(task)
+            continue
+        picked = [leftover[i][0] for i in chosen]
+        for i in reversed(chosen):
+            leftover.pop(i)
+        assignments[task] = tuple(ids(picked))
+    return AllocationPlan(
+        workload_id=workload.workload_id,
+        assignments=assignments,
+        unassigned=tuple(unassigned),
+    )
+
+
+def _rank_within(owners: npt.NDArray[np.int32]) -> npt.NDArray[np.int64]:
+    """For each position, how many earlier positions share its owner."""
+    order = np.argsort(owners, kind="stable")
+    sorted_owners = owners[order]
+    starts = np.r_[0, np.flatnonzero(sorted_owners[1:] != sorted_owners[:-1]) + 1]
+    counts = np.diff(np.r_[starts, sorted_owners.size])
+    ranks_sorted = np.arange(sorted_owners.size) - np.repeat(starts, counts)
+    ranks = np.empty_like(ranks_sorted)
+    ranks[order] = ranks_sorted
+    out: npt.NDArray[np.int64] = ranks.astype(np.int64)
+    return out
