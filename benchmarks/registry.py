@@ -14,4 +14,9 @@ MODULES: tuple[str, ...] = (
     "benchmarks.orchestration_lifecycle",
     "benchmarks.orchestration_rss",
     "benchmarks.serve_rss",
+    "benchmarks.ledger_throughput",
+    "benchmarks.ledger_throughput_pg",
+    "benchmarks.ledger_reads",
+    "benchmarks.ledger_rewards",
+    "benchmarks.harvesting",
 )

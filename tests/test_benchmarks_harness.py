@@ -23,6 +23,18 @@ ISSUE_FIGURES = {
     "orchestration.health_cycle",
     "orchestration.rss",
     "orchestration.serve_rss",
+    "ledger.throughput",
+    "ledger.payment_latency.p50",
+    "ledger.payment_latency.p95",
+    "ledger.payment_latency.p99",
+    "ledger.throughput_pg",
+    "ledger.verify_balance.p50",
+    "ledger.verify_balance.p99",
+    "ledger.reward_calc",
+    "harvesting.select_100k",
+    "harvesting.allocate_10k",
+    "harvesting.discovery_cycle",
+    "harvesting.rss_per_device",
 }
 
 

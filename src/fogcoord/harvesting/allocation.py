@@ -51,14 +51,12 @@ def plan(reg: DeviceRegistry, participants: list[str], workload: ComputeWorkload
         if replicas > 1
         else np.zeros(n_full, dtype=bool)
     )
-    ids = reg.device_ids  # local alias
-    assignments: dict[str, tuple[str, ...]] = {}
+    ids = reg.device_ids
     ok_rows = np.flatnonzero(~clash)
-    meta = reg.meta
-    for t in ok_rows.tolist():
-        assignments[tasks[t]] = tuple(
-            m.device_id for m in (meta[int(r)] for r in grid[t]) if m is not None
-        )
+    id_grid = reg.ids[grid[ok_rows]].tolist()
+    assignments: dict[str, tuple[str, ...]] = dict(
+        zip([tasks[t] for t in ok_rows.tolist()], map(tuple, id_grid), strict=True)
+    )
     # repair clashing tasks from the leftover slots, owner-distinct, one by one
     leftover = list(
         zip(

@@ -86,6 +86,7 @@ class DeviceRegistry:
         for name, dtype in self.COLUMNS.items():
             setattr(self, name, np.zeros(capacity, dtype=dtype))
         self.rows: dict[str, int] = {}
+        self.ids: npt.NDArray[np.object_] = np.empty(capacity, dtype=object)
         self.meta: list[DeviceMeta | None] = []
         self.free: list[int] = []
         self.owners = Interner()
@@ -128,6 +129,9 @@ class DeviceRegistry:
             arr = np.zeros(new, dtype=old.dtype)
             arr[: self.capacity] = old
             setattr(self, name, arr)
+        ids = np.empty(new, dtype=object)
+        ids[: self.capacity] = self.ids
+        self.ids = ids
         self.capacity = new
 
     def row(self, device_id: str) -> int | None:
@@ -158,6 +162,7 @@ class DeviceRegistry:
             cap.device_id, cap.owner, cap.public_key, cap.platform, principal_id, registered_at
         )
         self.rows[cap.device_id] = r
+        self.ids[r] = cap.device_id
         self.by_principal[principal_id] = cap.device_id
         self.active[r] = True
         self.cpu_cores[r] = cap.cpu_cores
@@ -192,6 +197,7 @@ class DeviceRegistry:
         if meta is not None:
             self.by_principal.pop(meta.principal_id, None)
         self.meta[r] = None
+        self.ids[r] = None
         self.active[r] = False
         self.online[r] = False
         self.reserved[r] = False

@@ -79,12 +79,32 @@ def select(
     weights = np.maximum(scores(reg, cfg, cand).astype(np.float64), 1e-9)
     rng = np.random.default_rng(req.seed)
     keys = np.log(rng.random(cand.size)) / weights
-    order = np.argsort(-keys, kind="stable")
+    # Only the best few keys can win: rank a short list first (linear time) and fall back to
+    # ranking everything when owner duplicates leave it short.
+    short = min(cand.size, max(4 * req.count, 64))
+    distinct = _distinct_owners(reg, cand, keys, short)
+    if distinct.size < req.count and short < cand.size:
+        distinct = _distinct_owners(reg, cand, keys, cand.size)
+    if distinct.size < req.count:
+        excluded["same_owner"] = int(cand.size - distinct.size)
+        raise InsufficientDevices(req.count, int(distinct.size), excluded)
+    return reg.device_ids(distinct[: req.count])
+
+
+def _distinct_owners(
+    reg: DeviceRegistry,
+    cand: npt.NDArray[np.intp],
+    keys: npt.NDArray[np.float64],
+    top: int,
+) -> npt.NDArray[np.intp]:
+    """The candidates with the ``top`` largest keys, best first, keeping one per owner."""
+    if top < cand.size:
+        part = np.argpartition(-keys, top - 1)[:top]
+        order = part[np.argsort(-keys[part], kind="stable")]
+    else:
+        order = np.argsort(-keys, kind="stable")
     ranked = cand[order]
     _, first = np.unique(reg.owner[ranked], return_index=True)
     first.sort()
-    distinct = ranked[first]
-    excluded["same_owner"] = int(cand.size - distinct.size)
-    if distinct.size < req.count:
-        raise InsufficientDevices(req.count, int(distinct.size), excluded)
-    return reg.device_ids(distinct[: req.count])
+    out: npt.NDArray[np.intp] = ranked[first]
+    return out
