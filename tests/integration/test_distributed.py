@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from fogcoord.contracts.events import ServiceEvent, ServiceStateChanged
+from fogcoord.contracts.events import ServiceStateChanged
 from fogcoord.contracts.lifecycle import HealthState
 from fogcoord.coordinator import Coordinator
 from fogcoord.orchestration.bus.nats import NatsEventBus
@@ -26,7 +26,7 @@ async def test_coordinator_runs_on_nats_and_postgres(
         tmp_path, bus={"url": nats_url, "subject_prefix": prefix}, storage={"url": pg_url}
     )
     coord = Coordinator(config, db_schema=schema)
-    seen: list[ServiceEvent] = []
+    seen: list[ServiceStateChanged] = []
 
     async def record(event: ServiceStateChanged) -> None:
         seen.append(event)

@@ -5,8 +5,9 @@ when the workload states RAM per task. Slots are laid out round by round (every 
 room in round k gets its k-th slot), devices ordered so that neighbours have different owners;
 task t takes the R consecutive slots from t x R. Consecutive slots of a round are different
 devices of different owners, so collisions can only happen at a round boundary or when few owners
-remain; those few tasks are repaired one by one, and tasks no slot can take are reported as
-unassigned.
+remain; those few tasks are repaired one by one. If that still strands tasks, the plan is rebuilt
+with McNaughton's wrap-around rule, which places as many tasks as can fit at all; only tasks no
+plan could place are reported as unassigned. A participant listed twice is one device.
 """
 
 from __future__ import annotations
@@ -28,7 +29,9 @@ def capacities(
 
 
 def plan(reg: DeviceRegistry, participants: list[str], workload: ComputeWorkload) -> AllocationPlan:
-    rows = np.array([reg.rows[d] for d in participants if d in reg.rows], dtype=np.intp)
+    rows = np.array(
+        [reg.rows[d] for d in dict.fromkeys(participants) if d in reg.rows], dtype=np.intp
+    )
     tasks = list(workload.task_ids)
     replicas = workload.replication
     if rows.size == 0 or not tasks:
@@ -85,11 +88,59 @@ def plan(reg: DeviceRegistry, participants: list[str], workload: ComputeWorkload
         for i in reversed(chosen):
             leftover.pop(i)
         assignments[task] = tuple(ids(picked))
+    if unassigned:
+        # the round-robin layout can strand tasks that another pairing would place
+        exact = _wrap_around(reg, rows, owners, cap, tasks, replicas)
+        if len(exact) > len(assignments):
+            assignments, unassigned = exact, tasks[len(exact) :]
     return AllocationPlan(
         workload_id=workload.workload_id,
         assignments=assignments,
         unassigned=tuple(unassigned),
     )
+
+
+def _most_tasks(owner_cap: npt.NDArray[np.int64], tasks: int, replicas: int) -> int:
+    """The most tasks that fit: ``t`` do iff sum over owners of min(capacity, t) >= t x R
+    (an owner holds at most one replica of a task). Feasibility is monotone in ``t``."""
+    lo, hi = 0, tasks
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if int(np.minimum(owner_cap, mid).sum()) >= mid * replicas:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def _wrap_around(
+    reg: DeviceRegistry,
+    rows: npt.NDArray[np.intp],
+    owners: npt.NDArray[np.int32],
+    cap: npt.NDArray[np.int64],
+    tasks: list[str],
+    replicas: int,
+) -> dict[str, tuple[str, ...]]:
+    """The first ``n`` tasks placed, ``n`` the most that fit (McNaughton's wrap-around rule).
+
+    Every owner offers min(its capacity, n) slots; laid out owner after owner and dealt to tasks
+    0, 1, ..., n-1, 0, 1, ... in turn, an owner's slots (at most n in a row) land in distinct
+    tasks. Within an owner, slots go round by round over its devices.
+    """
+    codes, owner_of = np.unique(owners, return_inverse=True)
+    owner_cap = np.bincount(owner_of, weights=cap, minlength=codes.size).astype(np.int64)
+    n = _most_tasks(owner_cap, len(tasks), replicas)
+    if n == 0:
+        return {}
+    dev = np.repeat(np.arange(rows.size), cap)
+    rnd = np.arange(dev.size) - np.repeat(np.cumsum(cap) - cap, cap)
+    dev = dev[np.lexsort((dev, rnd, owner_of[dev]))]
+    slot_owner = owner_of[dev]
+    starts = np.r_[0, np.flatnonzero(slot_owner[1:] != slot_owner[:-1]) + 1]
+    rank = np.arange(dev.size) - np.repeat(starts, np.diff(np.r_[starts, dev.size]))
+    kept = dev[rank < np.minimum(owner_cap, n)[slot_owner]][: n * replicas]
+    grid = reg.ids[rows[kept].reshape(replicas, n).T].tolist()
+    return dict(zip(tasks[:n], map(tuple, grid), strict=True))
 
 
 def _rank_within(owners: npt.NDArray[np.int32]) -> npt.NDArray[np.int64]:

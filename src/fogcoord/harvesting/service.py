@@ -289,6 +289,8 @@ class FogHarvestingService(ServiceBase):
         )
 
     async def select_participants(self, requirements: ResourceRequirements) -> list[str]:
+        # a burst ends on time, not at the next scan: free its devices before choosing
+        self._release(self.bursts.expired())
         return selection.select(self.registry, self.selection_config, requirements)
 
     async def allocate_resources(

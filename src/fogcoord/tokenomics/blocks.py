@@ -16,9 +16,11 @@ GENESIS = "0" * 64
 
 
 def transfer_line(t: Transfer) -> str:
+    # float(): a timeout or timestamp given as an int (``timeout=30``) is stored as a float,
+    # and the verifier must rebuild the same text from the stored row.
     return (
         f"T|{t.id}|{t.debit_account}|{t.credit_account}|{t.amount}|{t.flags}|"
-        f"{t.pending_id or ''}|{t.timeout!r}|{t.memo}|{t.timestamp!r}|{t.seq}"
+        f"{t.pending_id or ''}|{float(t.timeout)!r}|{t.memo}|{float(t.timestamp)!r}|{t.seq}"
     )
 
 
@@ -49,7 +51,8 @@ def content_hash(
 
 
 def block_hash(number: int, prev_hash: str, content: str, timestamp: float) -> str:
-    return hashlib.sha256(f"{number}|{prev_hash}|{content}|{timestamp!r}".encode()).hexdigest()
+    line = f"{number}|{prev_hash}|{content}|{float(timestamp)!r}"
+    return hashlib.sha256(line.encode()).hexdigest()
 
 
 def request_digest(*fields: object) -> str:

@@ -19,6 +19,7 @@ class Code(StrEnum):
     PENDING_ID_MUST_BE_EMPTY = "pending_id_must_be_empty"
     TIMEOUT_RESERVED_FOR_PENDING = "timeout_reserved_for_pending_transfer"
     MEMO_TOO_LONG = "memo_too_long"
+    MEMO_INVALID = "memo_invalid"  # a NUL or a lone surrogate: no database can store it
     LINKED_EVENT_FAILED = "linked_event_failed"
     LINKED_EVENT_CHAIN_OPEN = "linked_event_chain_open"
     # idempotency

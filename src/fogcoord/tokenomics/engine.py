@@ -9,6 +9,7 @@ an undo log and rolled back as a unit when any leg fails.
 from __future__ import annotations
 
 import heapq
+import math
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -55,6 +56,20 @@ def _digest(r: TransferRequest) -> str:
     return blocks.request_digest(
         r.debit_account, r.credit_account, r.amount, r.flags, r.pending_id, r.timeout, r.memo
     )
+
+
+def _storable(text: str) -> bool:
+    """PostgreSQL text refuses NUL; a lone surrogate cannot be encoded (not even to hash the
+    block, which would stop the writer). Either would fail every request in its block."""
+    if "\x00" in text:
+        return False
+    if text.isascii():
+        return True
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 class LedgerState:
@@ -361,6 +376,8 @@ class BatchBuilder:
             return Code.FLAGS_ARE_MUTUALLY_EXCLUSIVE
         if len(r.memo) > MAX_MEMO:
             return Code.MEMO_TOO_LONG
+        if r.memo and not _storable(r.memo):
+            return Code.MEMO_INVALID
         resolving = bool(r.flags & (TransferFlags.POST_PENDING | TransferFlags.VOID_PENDING))
         if resolving:
             if not r.pending_id:
@@ -380,7 +397,9 @@ class BatchBuilder:
             return Code.AMOUNT_MUST_NOT_BE_ZERO
         if r.timeout and not r.flags & TransferFlags.PENDING:
             return Code.TIMEOUT_RESERVED_FOR_PENDING
-        if r.timeout < 0:
+        if not 0 <= r.timeout < math.inf:
+            # negative, NaN or infinite: NaN would be stored as NULL by SQLite (failing the
+            # whole block for every caller in it) and never compares equal on a replay
             return Code.AMOUNT_INVALID
         if not ID_RE.match(r.debit_account) or not ID_RE.match(r.credit_account):
             return Code.ID_INVALID
@@ -532,6 +551,12 @@ class BatchBuilder:
 
     # --- sealing ---------------------------------------------------------------------------
 
+    def _pending_changed(self, pid: str, info: PendingInfo) -> bool:
+        base = self.parent.pending.get(pid) if self.parent is not None else None
+        if base is None:
+            base = self.state.pending.get(pid)
+        return base is None or (base.state, base.resolved_by) != (info.state, info.resolved_by)
+
     def empty(self) -> bool:
         b = self.batch
         return not (b.transfers or b.accounts_created or b.failed or self.expired)
@@ -540,9 +565,13 @@ class BatchBuilder:
         b = self.batch
         touched = set(self.accounts)
         b.accounts_touched = {a: self.accounts[a] for a in touched}
+        # Only real changes: a pending transfer merely read here (a refused post of an expired
+        # one, an expiry entry of one already posted) is unchanged, and re-reporting it as
+        # expired would make the store move its expiry into this block, breaking both hashes.
         b.pending_changes = [
             (pid, info.state, info.resolved_by, info.expires_at)
             for pid, info in self.pending.items()
+            if self._pending_changed(pid, info)
         ]
         content = blocks.content_hash(b.transfers, b.accounts_created, self.expired)
         b.hash = blocks.block_hash(b.number, b.prev_hash, content, b.timestamp)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import re
 import uuid
 from collections.abc import Callable, Coroutine
@@ -36,6 +37,8 @@ from fogcoord.tokenomics.escrow import Escrow, escrow_account, hold_id
 from fogcoord.tokenomics.ledger import MINT, PLATFORM, SYSTEM_ACCOUNTS, Ledger
 from fogcoord.tokenomics.mining import RewardCalculator
 from fogcoord.tokenomics.model import (
+    ID_RE,
+    MAX_MEMO,
     Account,
     AccountFlags,
     AccountKind,
@@ -63,12 +66,25 @@ def micro_of(amount: Decimal | float | int | str, field: str = "amount") -> int:
         raise ValidationFailed(field, f"not a number: {amount!r}") from None
     if not value.is_finite():
         raise ValidationFailed(field, "must be finite")
+    if value.adjusted() > 12:
+        # 10^13 tokens or more fit no ledger field (and would overflow Decimal's 28 digits)
+        raise ValidationFailed(field, "too large")
     micro = to_micro(value)
-    if Decimal(micro) != value * 1_000_000:
+    # compared exactly: ``value * 1_000_000`` would round beyond 28 significant digits
+    if Decimal(micro).scaleb(-6) != value:
         raise ValidationFailed(field, "at most 6 decimal places (1 micro-token)")
     if micro > MAX_MICRO or micro < -MAX_MICRO:
         raise ValidationFailed(field, "too large")
     return micro
+
+
+def derived_id(*parts: str) -> str:
+    """A transfer id made of ``parts``; hashed (keeping the prefix) when the joined id would
+    not be a valid ledger id, e.g. longer than 96 characters for long wallet or batch ids."""
+    tid = ":".join(parts)
+    if ID_RE.match(tid):
+        return tid
+    return f"{parts[0]}:{hashlib.sha256(tid.encode()).hexdigest()}"
 
 
 def gas_fee_micro(gas_price_gwei: float) -> int:
@@ -217,6 +233,8 @@ class FogTokenomicsService(ServiceBase):
         """
         tx = transaction
         amount = micro_of(tx.amount)
+        if amount <= 0:
+            raise ValidationFailed("amount", "must be positive")
         accounts = self.ledger.state.accounts
         source = accounts.get(tx.from_wallet)
         if source is None or source.kind is not AccountKind.WALLET:
@@ -255,7 +273,11 @@ class FogTokenomicsService(ServiceBase):
             first = next((r for r in results if r.code != Code.LINKED_EVENT_FAILED), first)
         if results[0].code == Code.OK:
             await self._after_debit(tx.from_wallet, tx.transaction_id)
-        return self._result(first)
+        result = self._result(first)
+        if result.transaction_id != tx.transaction_id:
+            # the fee leg failed: still the payment's result, under the payment's id
+            result = result.model_copy(update={"transaction_id": tx.transaction_id})
+        return result
 
     async def calculate_mining_rewards(self, work_proof: WorkProof) -> float:
         return float(to_tokens(self.rewards.reward_micro(work_proof)))
@@ -279,12 +301,12 @@ class FogTokenomicsService(ServiceBase):
             return True
         requests = [
             TransferRequest(
-                f"reward:{batch}:{wallet}",
+                derived_id("reward", batch, wallet),
                 MINT,
                 wallet,
                 micro,
                 TransferFlags.LINKED if i < len(legs) - 1 else TransferFlags.NONE,
-                memo=f"mining reward {batch}",
+                memo=f"mining reward {batch}"[:MAX_MEMO],
             )
             for i, (wallet, micro) in enumerate(legs)
         ]
@@ -441,7 +463,11 @@ class FogTokenomicsService(ServiceBase):
         if funding is not None and need > 0 and funding.available >= need:
             (r,) = await self.ledger.transfer(
                 TransferRequest(
-                    f"topup:{wallet_id}:{cause}", funding.id, wallet_id, need, memo="auto top-up"
+                    derived_id("topup", wallet_id, cause),
+                    funding.id,
+                    wallet_id,
+                    need,
+                    memo="auto top-up",
                 )
             )
             if r.code in (Code.OK, Code.EXISTS):

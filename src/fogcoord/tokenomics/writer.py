@@ -149,6 +149,12 @@ class GroupCommitWriter:
                 except asyncio.CancelledError:
                     self._fail(ops, "the ledger stopped")
                     raise
+                except Exception as exc:
+                    # The id lookup reads the database; if that fails, these callers are told
+                    # so (they may resend) and the writer carries on, rather than dying and
+                    # leaving every caller, now and later, waiting forever.
+                    log.exception("ledger batch could not be prepared")
+                    self._fail(ops, f"ledger lookup failed: {type(exc).__name__}")
             if inflight is not None:
                 committed = await self._land(inflight)
                 if not committed and prepared is not None:
@@ -206,10 +212,14 @@ class GroupCommitWriter:
             # Whether the database kept the batch is unknown (a commit can fail after it
             # landed), so memory is rebuilt from the database: it stays the source of truth
             # and callers resending the same ids get an exact answer either way.
+            # Reload before answering: a caller told "unavailable" must then read balances
+            # as the database has them (the block may have landed), not the stale memory.
             log.exception("ledger batch failed")
             prepared.builder.abandon()
-            self._fail(prepared.ops, f"ledger write failed: {type(exc).__name__}")
-            await self._reload()
+            try:
+                await self._reload()
+            finally:
+                self._fail(prepared.ops, f"ledger write failed: {type(exc).__name__}")
             return False
         batch = prepared.builder.batch
         self.state.commit(prepared.builder)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import JSONResponse
 
@@ -20,6 +22,7 @@ from fogcoord.coordinator import Coordinator
 from fogcoord.tokenomics.service import FogTokenomicsService, as_transaction
 
 router = APIRouter(prefix="/v1", tags=["wallets"])
+PRINCIPAL_ID = re.compile(r"^(ope|req|dev)_[0-9a-f]{16}$")
 
 
 class PaymentFailed(Conflict):
@@ -28,11 +31,14 @@ class PaymentFailed(Conflict):
     code = "transfer_failed"
 
 
-def _owned(tok: FogTokenomicsService, wallet_id: str, who: Identity) -> None:
+def _owned(
+    tok: FogTokenomicsService, wallet_id: str, who: Identity, *, operator_may: bool = True
+) -> None:
+    """The caller owns the wallet (or, to read it, holds ``admin``)."""
     owner = tok.wallet_owner(wallet_id)
     if owner is None:
         raise NotFound("wallet", wallet_id)
-    if owner != who.principal.principal_id and not who.allows(Scope.ADMIN):
+    if owner != who.principal.principal_id and not (operator_may and who.allows(Scope.ADMIN)):
         raise Forbidden(f"wallet {wallet_id!r} belongs to another principal", wallet=wallet_id)
 
 
@@ -47,6 +53,9 @@ async def create_wallet(
     existing = coord.tokenomics.wallet_owner(wallet_id)
     if existing is not None and existing != owner:
         raise Conflict(f"wallet id {wallet_id!r} is taken", wallet=wallet_id)
+    if wallet_id != owner and PRINCIPAL_ID.match(wallet_id):
+        # a principal id names that principal's default wallet: nobody else may take it
+        raise Forbidden("a wallet id shaped like a principal id is reserved for that principal")
     return await coord.tokenomics.initialize_wallet(
         wallet_id, owner=owner, funding_wallet=body.funding_wallet
     )
@@ -114,7 +123,7 @@ async def transfer(
     who: Identity = Depends(require(Scope.WALLETS_WRITE)),
 ) -> JSONResponse:
     tok = coord.tokenomics
-    _owned(tok, body.from_wallet, who)
+    _owned(tok, body.from_wallet, who, operator_may=False)  # only the owner moves money out
     result = await tok.process_payment(
         Transaction(
             transaction_id=body.transaction_id,
