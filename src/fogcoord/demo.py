@@ -49,6 +49,29 @@ async def _show(coord: Coordinator, port: int, console: Console) -> bool:
         console.print(services_table(view))
     else:
         console.print("no operator key on this data directory: set server.operator_key")
+    if key:
+        await _ledger_tour(url, key, console)
     if bootstrap is not None:
         console.print(f"first operator key (shown once): {bootstrap.key}", highlight=False)
     return ready.ready
+
+
+async def _ledger_tour(url: str, operator_key: str, console: Console) -> None:
+    """Two requesters open wallets and pay each other over the API; the ledger is checked."""
+    from fogcoord.auth.models import PrincipalKind
+
+    async with FogClient(url, operator_key) as admin:
+        alice_key = await admin.create_key(kind=PrincipalKind.REQUESTER, name="alice")
+        bob_key = await admin.create_key(kind=PrincipalKind.REQUESTER, name="bob")
+    async with FogClient(url, alice_key.key) as alice, FogClient(url, bob_key.key) as bob:
+        a = await alice.create_wallet()
+        b = await bob.create_wallet()
+        paid = await alice.send("demo-payment-1", a.wallet_id, b.wallet_id, "2.5", "demo")
+        again = await alice.send("demo-payment-1", a.wallet_id, b.wallet_id, "2.5", "demo")
+        a, b = await alice.wallet(a.wallet_id), await bob.wallet(b.wallet_id)
+        head = await alice.ledger()
+    console.print(
+        f"ledger: alice paid bob 2.5 tokens ({paid.status.value} in block {paid.block}); "
+        f"resending the same id: {again.status.value}"
+    )
+    console.print(f"  alice {a.balance} tokens, bob {b.balance} tokens; head block {head.block}")
