@@ -226,7 +226,10 @@ class GroupCommitWriter:
         self.batches += 1
         self.committed_transfers += len(batch.transfers)
         for listener in self.listeners:
-            listener(batch)
+            try:
+                listener(batch)
+            except Exception:  # a listener's bug must not stop the ledger; the block is durable
+                log.exception("block listener failed")
         self._answer(prepared)
         return True
 
