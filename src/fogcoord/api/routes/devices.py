@@ -33,7 +33,10 @@ router = APIRouter(prefix="/v1/devices", tags=["devices"])
 
 
 def registration_message(device_id: str, public_key: str) -> bytes:
-    """The bytes a device signs to prove it holds the private half of ``public_key``."""
+    """The bytes a device signs to prove it holds the private half of ``public_key``.
+
+    A registration without a ``device_id`` (the coordinator assigns one) signs an empty id.
+    """
     return f"fogcoord-register|{device_id}|{public_key}".encode()
 
 
@@ -67,8 +70,9 @@ async def register(
 ) -> DeviceRegistered:
     if who.principal.kind is PrincipalKind.DEVICE:
         raise Forbidden("a device cannot register devices; its owner registers it")
+    # the signature covers the id the device sent: it cannot know one assigned here
+    _verify_possession(body.device_id or "", body)
     device_id = body.device_id or f"dev-{uuid.uuid4().hex[:16]}"
-    _verify_possession(device_id, body)
     if device_id in coord.harvesting.registry:
         raise Conflict(f"device {device_id!r} is already registered", device=device_id)
     store = coord.auth.store
@@ -114,6 +118,10 @@ async def deregister(
 ) -> None:
     _may_see(coord, device_id, who)
     meta = coord.harvesting.registry.meta[coord.harvesting.registry.rows[device_id]]
+    if meta is not None and meta.owner != who.principal.principal_id and not who.allows(
+        Scope.ADMIN
+    ):
+        raise Forbidden("only the device's owner or an operator may deregister it")
     await coord.harvesting.deregister_device(device_id)
     if meta is not None:
         for key in await asyncio.to_thread(coord.auth.store.list_keys, meta.principal_id):
@@ -189,8 +197,16 @@ async def channel(websocket: WebSocket, device_id: str) -> None:
     coord.channels.connected(device_id, websocket)
     try:
         while True:
-            message = await websocket.receive_json()
-            reply = await _handle(coord, device_id, message)
+            try:
+                message = await websocket.receive_json()
+            except (ValueError, KeyError):  # not JSON, or a binary frame: answer, stay open
+                reply: dict[str, object] = {
+                    "type": "error",
+                    "error": "validation_failed",
+                    "detail": "a frame must be a JSON text message",
+                }
+            else:
+                reply = await _handle(coord, device_id, message)
             await websocket.send_json(reply)
     except WebSocketDisconnect:
         pass
