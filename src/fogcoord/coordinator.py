@@ -13,6 +13,7 @@ from fogcoord.auth.service import AuthService
 from fogcoord.channels import DeviceChannels
 from fogcoord.clock import Clock, SystemClock
 from fogcoord.config import FogConfig
+from fogcoord.contracts.harvesting import DeviceResultVerified
 from fogcoord.harvesting.service import FogHarvestingService
 from fogcoord.orchestration.bus.inprocess import InProcessEventBus
 from fogcoord.orchestration.bus.protocol import EventBus
@@ -85,6 +86,12 @@ class Coordinator:
         for service in (self.storage, self.auth, self.tokenomics, self.harvesting):
             await self.orchestration.register_service(service.name, service)
         await self.orchestration.initialize_services()
+        await self.orchestration.subscribe(
+            DeviceResultVerified,
+            self.harvesting.on_result_verified,
+            name="harvesting.trust",
+            group="harvesting",
+        )
         self._started = True
 
     async def stop(self, graceful: bool = True) -> bool:

@@ -145,3 +145,36 @@ def test_device_result_verified_is_a_registered_event() -> None:
     wire = event.to_wire()
     assert wire["type"] == "device_result_verified"
     assert DeviceResultVerified.model_validate(wire["data"]) == event
+
+
+async def test_verification_events_on_the_bus_move_trust(tmp_path: Path) -> None:
+    from fogcoord.contracts.harvesting import DeviceCapability, DeviceResultVerified
+    from fogcoord.coordinator import Coordinator
+    from tests.helpers import make_config
+
+    coord = Coordinator(make_config(tmp_path))
+    await coord.start()
+    try:
+        cap = DeviceCapability(
+            device_id="phone-9",
+            owner="owner-9",
+            cpu_cores=4,
+            gflops=10.0,
+            ram_mb=4096,
+            storage_gb=32.0,
+            battery_percent=90.0,
+            charging=True,
+            thermal_celsius=30.0,
+        )
+        await coord.harvesting.register_device(cap, principal_id="dev-9")
+        before = float(coord.harvesting.registry.trust[coord.harvesting.registry.rows["phone-9"]])
+        await coord.orchestration.route_event(
+            DeviceResultVerified(
+                device_id="phone-9", task_id="t1", valid=False, target="harvesting"
+            )
+        )
+        assert await coord.bus.drain(5)
+        after = float(coord.harvesting.registry.trust[coord.harvesting.registry.rows["phone-9"]])
+        assert after == pytest.approx(before * 0.5)
+    finally:
+        await coord.stop()

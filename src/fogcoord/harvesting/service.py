@@ -22,6 +22,7 @@ from fogcoord.contracts.harvesting import (
     DeviceDiscoveredEvent,
     DeviceHealth,
     DeviceHealthState,
+    DeviceResultVerified,
     DeviceStateChangedEvent,
     NetworkType,
     ResourceRequirements,
@@ -351,6 +352,11 @@ class FogHarvestingService(ServiceBase):
         else:
             reg.trust[r] = reg.trust[r] * t.disagreement_factor
         self._dirty.add(r)
+
+    async def on_result_verified(self, event: DeviceResultVerified) -> None:
+        """Bus handler: verification in another service judged one of a device's results."""
+        if event.device_id in self.registry:
+            await self.record_result(event.device_id, event.valid)
 
     # --- background work ------------------------------------------------------------------------
 
