@@ -230,6 +230,19 @@ def keys_revoke(
     out.print(f"revoked {info.key_id}")
 
 
+def _run_checked(coro: Awaitable[T]) -> T:
+    """``_run`` for wallet commands whose input the client validates before sending it."""
+    from pydantic import ValidationError
+
+    try:
+        return _run(coro)
+    except ValidationError as exc:
+        for error in exc.errors():
+            field = ".".join(str(p) for p in error["loc"]) or "input"
+            err.print(f"[red]{field}: {error['msg']}[/red]", highlight=False)
+        raise typer.Exit(2) from None
+
+
 @wallet_app.command("create")
 def wallet_create(
     wallet_id: Annotated[str | None, typer.Argument(help="default: your principal id")] = None,
@@ -244,7 +257,7 @@ def wallet_create(
         async with FogClient(url, api_key) as fog:
             return await fog.create_wallet(wallet_id, funding_wallet=funding)
 
-    info = _run(create())
+    info = _run_checked(create())
     out.print(f"wallet {info.wallet_id}: balance {info.balance} tokens")
 
 
@@ -333,7 +346,7 @@ def wallet_send(
         async with FogClient(url, api_key) as fog:
             return await fog.send(tid, from_wallet, to_wallet, value, memo)
 
-    result = _run(send())
+    result = _run_checked(send())
     out.print(f"{result.transaction_id}: {result.status.value} in block {result.block}")
 
 
@@ -359,6 +372,207 @@ def ledger_verify(config: ConfigOpt = None) -> None:
             err.print(f"[red]{problem}[/red]")
         raise typer.Exit(1)
     out.print("[green]ledger verified: balances, double entry and block chain agree[/green]")
+
+
+CoordinatorOpt = Annotated[
+    str | None,
+    typer.Option("--coordinator", "--url", help="coordinator URL (default: $FOGCOORD_URL)"),
+]
+
+
+def _agent_logging(level: int, fleet_level: int | None = None) -> None:
+    """Agent logs go to stderr, one plain line each (an agent is a long-running daemon)."""
+    import logging
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+    logger = logging.getLogger("fogcoord.agent")
+    logger.handlers[:] = [handler]
+    logger.setLevel(level)
+    logger.propagate = False
+    if fleet_level is not None:
+        logging.getLogger("fogcoord.agent.fleet").setLevel(fleet_level)
+
+
+def _coordinator_url(url: str | None) -> str:
+    import os
+
+    from fogcoord.client import DEFAULT_URL, URL_ENV
+
+    return url or os.environ.get(URL_ENV) or DEFAULT_URL
+
+
+@app.command()
+def agent(
+    coordinator: CoordinatorOpt = None,
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            "--api-key",
+            help="the owner's API key, needed only to register (default: $FOGCOORD_API_KEY)",
+        ),
+    ] = None,
+    state_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--state-dir",
+            help="identity and measurements (default: $FOGCOORD_AGENT_DIR or ~/.fogcoord/agent)",
+        ),
+    ] = None,
+    interval: Annotated[float, typer.Option(min=0.1, help="seconds between heartbeats")] = 10.0,
+    region: Annotated[str, typer.Option(help="region label reported at registration")] = "",
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="log every heartbeat")] = False,
+) -> None:
+    """Offer this machine as a device: register once, then heartbeat until Ctrl-C."""
+    import logging
+    import os
+    import signal
+
+    from fogcoord.agent.runner import Agent, AgentError
+    from fogcoord.client import KEY_ENV
+
+    url = _coordinator_url(coordinator)
+    owner_key = api_key or os.environ.get(KEY_ENV) or None
+    _agent_logging(logging.DEBUG if verbose else logging.INFO)
+
+    async def main() -> None:
+        device_agent = Agent(url, owner_key, state_dir, interval=interval, region=region)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, device_agent.stop)
+        try:
+            await device_agent.run()
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+        err.print(f"agent stopped (device {device_agent.device_id}, channel closed)")
+
+    try:
+        _run(main())
+    except (AgentError, ValueError) as exc:
+        err.print(f"[red]{exc}[/red]", highlight=False)
+        raise typer.Exit(1) from None
+
+
+@app.command()
+def fleet(
+    coordinator: CoordinatorOpt = None,
+    api_key: Annotated[
+        str | None,
+        typer.Option("--api-key", help="an operator key, to create owners ($FOGCOORD_API_KEY)"),
+    ] = None,
+    devices: Annotated[int, typer.Option("--devices", "-n", min=1, help="how many")] = 100,
+    interval: Annotated[float, typer.Option(min=0.1, help="seconds between heartbeats")] = 10.0,
+    duration: Annotated[
+        float | None, typer.Option(min=0.0, help="stop after this many seconds (default: Ctrl-C)")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="same seed, same devices and traces")] = 0,
+    report_json: Annotated[
+        Path | None, typer.Option("--report-json", help="write the report here as JSON")
+    ] = None,
+    per_owner: Annotated[int, typer.Option(min=1, help="devices per owner principal")] = 10,
+    concurrency: Annotated[int, typer.Option(min=1, help="registrations at a time")] = 100,
+    time_scale: Annotated[
+        float, typer.Option(min=0.001, help="simulated seconds per real second")
+    ] = 1.0,
+    after_startup: Annotated[
+        bool,
+        typer.Option(
+            "--after-startup/--from-start",
+            help="count --duration from when every device is online (default: from the start)",
+        ),
+    ] = False,
+) -> None:
+    """Simulate a fleet of devices in one process, each speaking the real agent protocol."""
+    import json
+    import logging
+    import os
+    import signal
+
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    from fogcoord.agent.fleet import Fleet, FleetProgress, FleetReport, raise_open_file_limit
+    from fogcoord.client import KEY_ENV
+
+    url = _coordinator_url(coordinator)
+    operator_key = api_key or os.environ.get(KEY_ENV)
+    if not operator_key:
+        err.print("[red]--api-key: an operator key is needed to create the owners[/red]")
+        raise typer.Exit(2)
+    _agent_logging(logging.ERROR, fleet_level=logging.WARNING)
+    raise_open_file_limit(2 * devices + 512)
+    progress = Progress(
+        TextColumn("{task.description:>10}"),
+        BarColumn(bar_width=30),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        console=err,
+    )
+    registered_bar = progress.add_task("registered", total=devices, info="")
+    online_bar = progress.add_task("online", total=devices, info="")
+
+    def show(p: FleetProgress) -> None:
+        progress.update(registered_bar, completed=p.registered, info=f"failed {p.failed}")
+        progress.update(
+            online_bar,
+            completed=p.online,
+            info=f"{p.heartbeats_per_second:,.0f} hb/s  p99 {p.p99_ms:.1f} ms  "
+            f"errors {p.errors}  reconnects {p.reconnects}",
+        )
+
+    async def main() -> FleetReport:
+        simulated = Fleet(
+            url,
+            operator_key,
+            devices,
+            interval=interval,
+            seed=seed,
+            devices_per_owner=per_owner,
+            register_concurrency=concurrency,
+            time_scale=time_scale,
+        )
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            with progress:
+                return await simulated.run(
+                    duration=duration,
+                    stop=stop,
+                    on_progress=show,
+                    duration_after_startup=after_startup,
+                    freeze_gc_after_startup=True,
+                )
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+
+    report = _run(main())
+    data = report.to_json()
+    table = Table("fleet", "value")
+    for name in ("devices", "owners", "registered", "failed", "registration_rate", "heartbeats"):
+        table.add_row(name, str(data[name]))
+    table.add_row("heartbeats/s (steady)", str(data["heartbeats_per_second"]))
+    table.add_row("errors", f"{report.errors} {report.error_kinds or ''}")
+    table.add_row("reconnects", str(report.reconnects))
+    lat = report.latency_ms
+    table.add_row("latency ms", f"p50 {lat.p50}  p95 {lat.p95}  p99 {lat.p99}  max {lat.max}")
+    steady = report.steady_latency_ms
+    table.add_row("steady ms", f"p50 {steady.p50}  p95 {steady.p95}  p99 {steady.p99}")
+    table.add_row("duration s", f"{report.duration:.1f}")
+    out.print(table)
+    if report_json is not None:
+        report_json.parent.mkdir(parents=True, exist_ok=True)
+        report_json.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+        out.print(f"report written to {report_json}")
 
 
 def main() -> None:

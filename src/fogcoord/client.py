@@ -18,6 +18,10 @@ import httpx
 from pydantic import BaseModel, TypeAdapter
 
 from fogcoord.api.schemas import (
+    DeviceRegistered,
+    DeviceRegistration,
+    DeviceView,
+    Heartbeat,
     KeyCreate,
     LedgerHead,
     Liveness,
@@ -28,6 +32,7 @@ from fogcoord.api.schemas import (
     WhoAmI,
 )
 from fogcoord.auth.models import ApiKeyInfo, IssuedKey, PrincipalKind, Scope
+from fogcoord.contracts.harvesting import DeviceCapability, DeviceHealth, SuitabilityScore
 from fogcoord.contracts.tokenomics import EscrowHold, Transaction, TransactionResult, WalletInfo
 
 M = TypeVar("M", bound=BaseModel)
@@ -192,3 +197,49 @@ class FogClient:
 
     async def ledger(self) -> LedgerHead:
         return await self._get(LedgerHead, "/v1/ledger")
+
+    # --- devices (the agent protocol) ----------------------------------------------------------
+
+    async def register_device(self, body: DeviceRegistration) -> DeviceRegistered:
+        """Register a device owned by this client's principal; the reply carries its own key."""
+        data = await self.request(
+            "POST", "/v1/devices", json=body.model_dump(mode="json", exclude_none=True)
+        )
+        return DeviceRegistered.model_validate(data)
+
+    async def heartbeat(self, device_id: str, beat: Heartbeat) -> DeviceHealth:
+        """Report a device's live state over HTTP (with the device's own key)."""
+        data = await self.request(
+            "POST", f"/v1/devices/{device_id}/heartbeat", json=beat.model_dump(mode="json")
+        )
+        return DeviceHealth.model_validate(data)
+
+    async def deregister_device(self, device_id: str) -> None:
+        await self.request("DELETE", f"/v1/devices/{device_id}")
+
+    async def devices(
+        self,
+        *,
+        owner: str | None = None,
+        region: str | None = None,
+        online: bool | None = None,
+        charging: bool | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[DeviceCapability]:
+        """Devices visible to this key (an operator sees all; others only their own)."""
+        filters: dict[str, Any] = {"owner": owner, "region": region}
+        filters.update(online=online, charging=charging, limit=limit, offset=offset)
+        params = {
+            k: (str(v).lower() if isinstance(v, bool) else v)
+            for k, v in filters.items()
+            if v is not None
+        }
+        data = await self.request("GET", "/v1/devices", params=params)
+        return TypeAdapter(list[DeviceCapability]).validate_python(data)
+
+    async def device(self, device_id: str) -> DeviceView:
+        return await self._get(DeviceView, f"/v1/devices/{device_id}")
+
+    async def suitability(self, device_id: str) -> SuitabilityScore:
+        return await self._get(SuitabilityScore, f"/v1/devices/{device_id}/suitability")

@@ -36,6 +36,25 @@ from fogcoord.harvesting.store import DeviceRecord, SqlDeviceStore
 from fogcoord.lifecycle import ServiceBase
 
 NAME = "harvesting"
+_LIVE_COLUMNS = (
+    "battery",
+    "charging",
+    "thermal",
+    "last_seen",
+    "verified",
+    "trust",
+    "reliability",
+    "valid",
+    "invalid",
+)
+"""Registry columns in the order of ``store.LIVE_FIELDS``."""
+
+
+def _state_rows(columns: list[Any], ids: Any) -> list[tuple[Any, ...]]:
+    """Column snapshots as ``(*LIVE_FIELDS, device_id)`` tuples, with plain Python values."""
+    return list(zip(*(c.tolist() for c in columns), ids.tolist(), strict=True))
+
+
 Publish = Callable[[ServiceEvent], Coroutine[Any, Any, None]]
 
 
@@ -382,18 +401,30 @@ class FogHarvestingService(ServiceBase):
         return len(self._discovered)
 
     async def flush(self) -> int:
-        """Write the live state of devices that changed since the last flush."""
+        """Write the live state of devices that changed since the last flush.
+
+        The changed rows' columns are copied in one vectorised step on the event loop; turning
+        them into database rows and writing them happens in a worker thread, so a flush of many
+        thousands of devices does not stall heartbeat handling.
+        """
         if not self._dirty or self._store is None:
             return 0
-        rows, self._dirty = list(self._dirty), set()
+        dirty, self._dirty = self._dirty, set()
         reg = self.registry
-        records = [self._record(r) for r in rows if reg.active[r]]
+        rows = np.fromiter(dirty, dtype=np.intp, count=len(dirty))
+        rows = rows[reg.active[rows]]
+        snapshot = [getattr(reg, column)[rows].copy() for column in _LIVE_COLUMNS]
+        ids = reg.ids[rows].copy()
         try:
-            await asyncio.to_thread(self._store.update_live, records)
+            await asyncio.to_thread(self._write_state, self._store, snapshot, ids)
         except Exception:
-            self._dirty.update(rows)
+            self._dirty.update(dirty)
             raise
-        return len(records)
+        return int(rows.size)
+
+    @staticmethod
+    def _write_state(store: SqlDeviceStore, snapshot: list[Any], ids: Any) -> None:
+        store.update_state(_state_rows(snapshot, ids))
 
     def _record(self, r: int) -> DeviceRecord:
         reg = self.registry

@@ -91,6 +91,10 @@ class DeviceStore(Protocol):
 
     def update_live(self, records: Sequence[DeviceRecord]) -> None: ...
 
+    def update_state(self, rows: Sequence[tuple[Any, ...]]) -> None:
+        """Rows of ``(*LIVE_FIELDS, device_id)``: the write-behind path for heartbeat state."""
+        ...
+
 
 class SqlDeviceStore:
     def __init__(self, engine: Engine) -> None:
@@ -114,6 +118,17 @@ class SqlDeviceStore:
     def delete(self, device_id: str) -> None:
         with self.engine.begin() as conn:
             conn.execute(devices_t.delete().where(devices_t.c.device_id == device_id))
+
+    def update_state(self, rows: Sequence[tuple[Any, ...]]) -> None:
+        if not rows:
+            return
+        # Plain DB-API executemany: this runs for every heartbeating device every few seconds,
+        # and per-row statement processing would hold the interpreter lock for most of it.
+        marker = "%s" if self.engine.dialect.name == "postgresql" else "?"
+        sets = ", ".join(f"{f} = {marker}" for f in LIVE_FIELDS)
+        sql = f"UPDATE harvest_devices SET {sets} WHERE device_id = {marker}"
+        with self.engine.begin() as conn:
+            conn.exec_driver_sql(sql, list(rows))
 
     def update_live(self, records: Sequence[DeviceRecord]) -> None:
         if not records:

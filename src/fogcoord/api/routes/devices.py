@@ -118,8 +118,10 @@ async def deregister(
 ) -> None:
     _may_see(coord, device_id, who)
     meta = coord.harvesting.registry.meta[coord.harvesting.registry.rows[device_id]]
-    if meta is not None and meta.owner != who.principal.principal_id and not who.allows(
-        Scope.ADMIN
+    if (
+        meta is not None
+        and meta.owner != who.principal.principal_id
+        and not who.allows(Scope.ADMIN)
     ):
         raise Forbidden("only the device's owner or an operator may deregister it")
     await coord.harvesting.deregister_device(device_id)
