@@ -31,7 +31,7 @@ from fogcoord.contracts.harvesting import (
 from fogcoord.contracts.lifecycle import HealthStatus
 from fogcoord.harvesting import allocation, selection, suitability
 from fogcoord.harvesting.bursts import BurstBook
-from fogcoord.harvesting.registry import NETWORKS, DeviceRegistry
+from fogcoord.harvesting.registry import DeviceRegistry
 from fogcoord.harvesting.store import DeviceRecord, SqlDeviceStore
 from fogcoord.lifecycle import ServiceBase
 
@@ -425,35 +425,6 @@ class FogHarvestingService(ServiceBase):
     @staticmethod
     def _write_state(store: SqlDeviceStore, snapshot: list[Any], ids: Any) -> None:
         store.update_state(_state_rows(snapshot, ids))
-
-    def _record(self, r: int) -> DeviceRecord:
-        reg = self.registry
-        meta = reg.meta[r]
-        assert meta is not None
-        return DeviceRecord(
-            device_id=meta.device_id,
-            owner=meta.owner,
-            principal_id=meta.principal_id,
-            public_key=meta.public_key,
-            platform=meta.platform,
-            region=reg.regions.values[int(reg.region[r])],
-            network=NETWORKS[int(reg.network[r])].value,
-            cpu_cores=int(reg.cpu_cores[r]),
-            gflops=float(reg.gflops[r]),
-            ram_mb=int(reg.ram_mb[r]),
-            storage_gb=float(reg.storage_gb[r]),
-            bandwidth_mbps=float(reg.bandwidth[r]),
-            battery=float(reg.battery[r]),
-            charging=bool(reg.charging[r]),
-            thermal=float(reg.thermal[r]),
-            registered_at=meta.registered_at,
-            last_seen=float(reg.last_seen[r]),
-            verified=bool(reg.verified[r]),
-            trust=float(reg.trust[r]),
-            reliability=float(reg.reliability[r]),
-            valid=float(reg.valid[r]),
-            invalid=float(reg.invalid[r]),
-        )
 
     def _health(self, r: int) -> DeviceHealth:
         reg, cfg = self.registry, self.selection_config
