@@ -19,4 +19,5 @@ MODULES: tuple[str, ...] = (
     "benchmarks.ledger_reads",
     "benchmarks.ledger_rewards",
     "benchmarks.harvesting",
+    "benchmarks.harvesting_fleet",
 )

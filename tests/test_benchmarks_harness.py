@@ -35,6 +35,8 @@ ISSUE_FIGURES = {
     "harvesting.allocate_10k",
     "harvesting.discovery_cycle",
     "harvesting.rss_per_device",
+    "harvesting.fleet_10k.p50",
+    "harvesting.fleet_10k.p99",
 }
 
 
