@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import importlib
 import inspect
 import json
@@ -253,6 +254,8 @@ def run_spec(spec: Spec, prefixes: Sequence[str]) -> tuple[list[Figure], bool]:
     """Run one module; its selected figures, and whether it crashed."""
     wanted = spec.selected(prefixes)
     log(f"[{spec.name}] running: {', '.join(wanted)}")
+    # each module starts from a clean heap: garbage left by the previous one is not its cost
+    gc.collect()
     started = time.perf_counter()
     try:
         with contextlib.redirect_stdout(sys.stderr):
