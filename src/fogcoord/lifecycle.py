@@ -7,11 +7,17 @@ the NATS micro-service STATS shape; the orchestrator's proxies feed them via :me
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable, Coroutine
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 from fogcoord.clock import Clock, SystemClock
+from fogcoord.contracts.events import ServiceEvent
 from fogcoord.contracts.lifecycle import HealthStatus, ServiceStats
+
+Publish = Callable[[ServiceEvent], Coroutine[Any, Any, None]]
+"""How a service hands an event to the bus (the orchestrator's ``broadcast_event``)."""
 
 
 class ServiceBase:
@@ -23,8 +29,11 @@ class ServiceBase:
         *,
         dependencies: tuple[str, ...] = (),
         clock: Clock | None = None,
+        publish: Publish | None = None,
     ) -> None:
         self._name = name or self.service_type
+        self._publish = publish
+        self._background: set[asyncio.Task[None]] = set()
         self._dependencies = tuple(dependencies)
         self.clock: Clock = clock or SystemClock()
         self._running = False
@@ -58,6 +67,16 @@ class ServiceBase:
             return
         self._running = False
         await self.on_stop()
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+
+    def emit(self, event: ServiceEvent) -> None:
+        """Publish ``event`` without making the caller wait for the bus's subscribers."""
+        if self._publish is None:
+            return
+        task = asyncio.get_running_loop().create_task(self._publish(event))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def health(self) -> HealthStatus:
         if not self._running:

@@ -13,7 +13,6 @@ from sqlalchemy.engine import Engine
 from fogcoord.clock import Clock
 from fogcoord.config import HarvestingConfig
 from fogcoord.contracts.errors import Conflict, NotFound, ValidationFailed
-from fogcoord.contracts.events import ServiceEvent
 from fogcoord.contracts.harvesting import (
     AllocationPlan,
     BurstRequest,
@@ -33,7 +32,7 @@ from fogcoord.harvesting import allocation, selection, suitability
 from fogcoord.harvesting.bursts import BurstBook
 from fogcoord.harvesting.registry import DeviceRegistry
 from fogcoord.harvesting.store import DeviceRecord, SqlDeviceStore
-from fogcoord.lifecycle import ServiceBase
+from fogcoord.lifecycle import Publish, ServiceBase
 
 NAME = "harvesting"
 _LIVE_COLUMNS = (
@@ -55,9 +54,6 @@ def _state_rows(columns: list[Any], ids: Any) -> list[tuple[Any, ...]]:
     return list(zip(*(c.tolist() for c in columns), ids.tolist(), strict=True))
 
 
-Publish = Callable[[ServiceEvent], Coroutine[Any, Any, None]]
-
-
 class FogHarvestingService(ServiceBase):
     service_type = NAME
 
@@ -69,11 +65,10 @@ class FogHarvestingService(ServiceBase):
         clock: Clock | None = None,
         publish: Publish | None = None,
     ) -> None:
-        super().__init__(NAME, dependencies=("storage",), clock=clock)
+        super().__init__(NAME, dependencies=("storage",), clock=clock, publish=publish)
         self.config = config
         self.selection_config = config.participant_selection
         self._engine = engine
-        self._publish = publish
         self.registry = DeviceRegistry()
         self.bursts = BurstBook(
             self.clock,
@@ -83,7 +78,6 @@ class FogHarvestingService(ServiceBase):
         self._store: SqlDeviceStore | None = None
         self._dirty: set[int] = set()
         self._tasks: list[asyncio.Task[None]] = []
-        self._background: set[asyncio.Task[None]] = set()
         self._discovered: list[int] = []
         self.last_scan: float | None = None
 
@@ -116,8 +110,6 @@ class FogHarvestingService(ServiceBase):
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
         await self.flush()
-        if self._background:
-            await asyncio.gather(*self._background, return_exceptions=True)
 
     async def check_health(self) -> HealthStatus:
         reg = self.registry
@@ -165,7 +157,7 @@ class FogHarvestingService(ServiceBase):
         )
         await asyncio.to_thread(self.store.insert, record)
         r = self._load(record)
-        self._emit(
+        self.emit(
             DeviceDiscoveredEvent(
                 source=NAME,
                 timestamp=now,
@@ -241,7 +233,7 @@ class FogHarvestingService(ServiceBase):
         self._dirty.add(r)
         if not was_online:
             previous = "offline" if was_verified else "unverified"
-            self._emit(
+            self.emit(
                 DeviceStateChangedEvent(
                     source=NAME, device_id=device_id, previous=previous, state="online"
                 )
@@ -254,7 +246,7 @@ class FogHarvestingService(ServiceBase):
         r = self.registry.rows[device_id]
         self._dirty.discard(r)
         self.registry.remove(device_id)
-        self._emit(
+        self.emit(
             DeviceStateChangedEvent(
                 source=NAME, device_id=device_id, previous="registered", state="deregistered"
             )
@@ -390,7 +382,7 @@ class FogHarvestingService(ServiceBase):
             reg.online[r] = False
             meta = reg.meta[r]
             if meta is not None:
-                self._emit(
+                self.emit(
                     DeviceStateChangedEvent(
                         source=NAME, device_id=meta.device_id, previous="online", state="offline"
                     )
@@ -450,10 +442,3 @@ class FogHarvestingService(ServiceBase):
             reliability=float(reg.reliability[r]),
             reasons=tuple(why),
         )
-
-    def _emit(self, event: ServiceEvent) -> None:
-        if self._publish is None:
-            return
-        task = asyncio.get_running_loop().create_task(self._publish(event))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)

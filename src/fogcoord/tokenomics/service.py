@@ -6,16 +6,14 @@ import asyncio
 import hashlib
 import re
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
-from typing import Any
 
 from sqlalchemy.engine import Engine
 
 from fogcoord.clock import Clock
 from fogcoord.config import TokenomicsConfig
 from fogcoord.contracts.errors import Conflict, NotFound, ValidationFailed
-from fogcoord.contracts.events import ServiceEvent
 from fogcoord.contracts.lifecycle import HealthStatus
 from fogcoord.contracts.tokenomics import (
     BlockCommitted,
@@ -31,9 +29,9 @@ from fogcoord.contracts.tokenomics import (
     WorkProof,
 )
 from fogcoord.contracts.units import MAX_MICRO, to_micro, to_tokens
-from fogcoord.lifecycle import ServiceBase
+from fogcoord.lifecycle import Publish, ServiceBase
 from fogcoord.tokenomics.codes import Code
-from fogcoord.tokenomics.escrow import Escrow, escrow_account, hold_id
+from fogcoord.tokenomics.escrow import Escrow, escrow_account
 from fogcoord.tokenomics.ledger import MINT, PLATFORM, SYSTEM_ACCOUNTS, Ledger
 from fogcoord.tokenomics.mining import RewardCalculator
 from fogcoord.tokenomics.model import (
@@ -54,7 +52,6 @@ from fogcoord.tokenomics.store import SqlLedgerStore
 WALLET_ID = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
 GAS_PER_TRANSFER = 21_000
 """Gas units charged per user payment, as for a plain transfer on Ethereum."""
-Publish = Callable[[ServiceEvent], Coroutine[Any, Any, None]]
 NAME = "tokenomics"
 
 
@@ -130,10 +127,9 @@ class FogTokenomicsService(ServiceBase):
         clock: Clock | None = None,
         publish: Publish | None = None,
     ) -> None:
-        super().__init__(NAME, dependencies=("storage",), clock=clock)
+        super().__init__(NAME, dependencies=("storage",), clock=clock, publish=publish)
         self.config = config
         self._engine = engine
-        self._publish = publish
         self._ledger: Ledger | None = None
         self.rewards = RewardCalculator(config.compute_mining)
         wm = config.wallet_management
@@ -141,7 +137,6 @@ class FogTokenomicsService(ServiceBase):
         self.minimum_micro = micro_of(wm.minimum_balance, "minimum_balance")
         self.topup_micro = micro_of(wm.auto_topup_threshold, "auto_topup_threshold")
         self.fee_micro = gas_fee_micro(config.transaction_processing.gas_price_gwei)
-        self._background: set[asyncio.Task[None]] = set()
 
     @property
     def ledger(self) -> Ledger:
@@ -168,8 +163,6 @@ class FogTokenomicsService(ServiceBase):
         if self._ledger is not None:
             await self._ledger.close()
             self._ledger = None
-        if self._background:
-            await asyncio.gather(*self._background, return_exceptions=True)
 
     async def check_health(self) -> HealthStatus:
         ledger = self.ledger
@@ -219,9 +212,7 @@ class FogTokenomicsService(ServiceBase):
             if grant.code == Code.OK:
                 granted = to_tokens(self.default_micro)
         if code == Code.OK:
-            self._emit(
-                WalletCreated(source=NAME, wallet_id=wallet_id, owner=owner, granted=granted)
-            )
+            self.emit(WalletCreated(source=NAME, wallet_id=wallet_id, owner=owner, granted=granted))
         return self.wallet_info(wallet_id)
 
     async def process_payment(self, transaction: Transaction) -> TransactionResult:
@@ -314,7 +305,7 @@ class FogTokenomicsService(ServiceBase):
         paid = all(r.code in (Code.OK, Code.EXISTS) for r in results)
         if paid and any(r.code == Code.OK for r in results):
             total = to_tokens(sum(m for _, m in legs))
-            self._emit(
+            self.emit(
                 RewardsDistributed(source=NAME, batch_id=batch, total=total, wallets=len(legs))
             )
         return paid
@@ -473,7 +464,7 @@ class FogTokenomicsService(ServiceBase):
             if r.code in (Code.OK, Code.EXISTS):
                 return
         reason = "no funding wallet" if funding is None else "funding wallet cannot cover it"
-        self._emit(
+        self.emit(
             LowBalance(
                 source=NAME,
                 wallet_id=wallet_id,
@@ -486,14 +477,14 @@ class FogTokenomicsService(ServiceBase):
 
     def _escrow_event(self, job_id: str, step: str, amount: int, r: TransferResult | None) -> None:
         if r is not None and r.code == Code.OK:
-            self._emit(
+            self.emit(
                 EscrowChanged(source=NAME, job_id=job_id, step=step, amount=to_tokens(amount))
             )
 
     def _on_block(self, batch: Batch) -> None:
         if self._publish is None:
             return
-        self._emit(
+        self.emit(
             BlockCommitted(
                 source=NAME,
                 number=batch.number,
@@ -508,13 +499,3 @@ class FogTokenomicsService(ServiceBase):
                 ),
             )
         )
-
-    def _emit(self, event: ServiceEvent) -> None:
-        if self._publish is None:
-            return
-        task = asyncio.get_running_loop().create_task(self._publish(event))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
-
-__all__ = ["FogTokenomicsService", "gas_fee_micro", "hold_id", "micro_of"]
