@@ -5,11 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import re
-import subprocess
-import sys
-import time
 from collections.abc import AsyncIterator, Iterator, MutableMapping
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -29,6 +24,7 @@ from fogcoord.auth.models import PrincipalKind
 from fogcoord.client import FogClient
 from fogcoord.coordinator import Coordinator
 from tests.helpers import make_config, running_api
+from tests.served import finish, start
 
 
 def public_hex(key: Ed25519PrivateKey) -> str:
@@ -515,34 +511,11 @@ async def test_the_channel_refuses_wrong_keys(api: Api) -> None:
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[tuple[str, str]]:
     """A coordinator process on a free port: its URL and the operator key it printed."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "fogcoord", "serve", "--port", "0", "--data-dir", str(tmp_path)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, "COLUMNS": "200"},
-    )
+    server = start(tmp_path)
     try:
-        assert proc.stdout is not None
-        url = key = ""
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and not (url and key):
-            line = proc.stdout.readline()
-            if not line:
-                break
-            if found := re.search(r"serving on (http://\S+)", line):
-                url = found.group(1)
-            if found := re.search(r"(fc_[0-9a-f]{16}_\S{43})", line):
-                key = found.group(1)
-        if not (url and key):
-            pytest.fail("fogcoord serve did not start")
-        yield url, key
+        yield server.url, server.key
     finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-        if proc.stdout is not None:
-            proc.stdout.close()
+        finish(server.proc)
 
 
 @pytest.mark.slow

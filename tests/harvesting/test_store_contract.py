@@ -4,40 +4,17 @@ of its own per test, dropped afterwards)."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from fogcoord.harvesting.store import LIVE_FIELDS, DeviceRecord, SqlDeviceStore
-from fogcoord.storage.engine import create_engine, drop_schema
-from tests.services import unique
-
-BACKENDS = [
-    pytest.param("sqlite", id="sqlite"),
-    pytest.param("postgres", id="postgres", marks=pytest.mark.postgres),
-]
 
 
-@pytest.fixture(params=BACKENDS)
-def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
-    if request.param == "sqlite":
-        eng = create_engine(f"sqlite:///{tmp_path / 'devices.db'}")
-        try:
-            yield eng
-        finally:
-            eng.dispose()
-        return
-    pg_url: str = request.getfixturevalue("pg_url")
-    schema = unique("harvest_test")
-    eng = create_engine(pg_url, schema=schema)
-    try:
-        yield eng
-    finally:
-        eng.dispose()
-        drop_schema(pg_url, schema)
+@pytest.fixture
+def engine(backend_engine: Engine) -> Engine:
+    return backend_engine
 
 
 @pytest.fixture

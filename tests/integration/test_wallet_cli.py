@@ -2,72 +2,19 @@
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import sqlite3
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from contextlib import closing
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from tests.served import Served, cli, finish, start
+
 pytestmark = pytest.mark.slow
-
-
-@dataclass
-class Served:
-    proc: subprocess.Popen[str]
-    url: str
-    key: str
-
-
-def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "fogcoord", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, "COLUMNS": "200", **(env or {})},
-        check=False,
-    )
-
-
-def _start(data_dir: Path) -> Served:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "fogcoord", "serve", "--port", "0", "--data-dir", str(data_dir)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, "COLUMNS": "200"},
-    )
-    assert proc.stdout is not None
-    url = key = ""
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and not (url and key):
-        line = proc.stdout.readline()
-        if not line:
-            break
-        if found := re.search(r"serving on (http://\S+)", line):
-            url = found.group(1)
-        if found := re.search(r"(fc_[0-9a-f]{16}_\S{43})", line):
-            key = found.group(1)
-    if not (url and key):
-        _finish(proc)
-        pytest.fail("fogcoord serve did not start")
-    return Served(proc, url, key)
-
-
-def _finish(proc: subprocess.Popen[str]) -> None:
-    if proc.poll() is None:
-        proc.kill()
-    proc.wait()
-    if proc.stdout is not None:
-        proc.stdout.close()
 
 
 @pytest.fixture
@@ -77,16 +24,16 @@ def data_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def served(data_dir: Path) -> Iterator[Served]:
-    server = _start(data_dir)
+    server = start(data_dir)
     try:
         yield server
     finally:
-        _finish(server.proc)
+        finish(server.proc)
 
 
 def _new_requester(served: Served, name: str) -> tuple[str, dict[str, str]]:
     operator = {"FOGCOORD_URL": served.url, "FOGCOORD_API_KEY": served.key}
-    created = _cli("keys", "create", "--kind", "requester", "--name", name, env=operator)
+    created = cli("keys", "create", "--kind", "requester", "--name", name, env=operator)
     assert created.returncode == 0, created.stderr
     principal = re.search(r"principal (\S+) \(requester\)", created.stdout)
     key = re.search(r"(fc_[0-9a-f]{16}_\S{43})", created.stdout)
@@ -96,7 +43,7 @@ def _new_requester(served: Served, name: str) -> tuple[str, dict[str, str]]:
 
 
 def _verify(config: Path) -> subprocess.CompletedProcess[str]:
-    return _cli("ledger", "verify", "--config", str(config))
+    return cli("ledger", "verify", "--config", str(config))
 
 
 def test_wallet_cli_then_ledger_verify_detects_tampering(
@@ -105,62 +52,62 @@ def test_wallet_cli_then_ledger_verify_detects_tampering(
     alice, as_alice = _new_requester(served, "alice")
     bob, as_bob = _new_requester(served, "bob")
 
-    created = _cli("wallet", "create", env=as_alice)
+    created = cli("wallet", "create", env=as_alice)
     assert created.returncode == 0, created.stderr
     assert f"wallet {alice}: balance 10 tokens" in created.stdout
-    assert _cli("wallet", "create", env=as_bob).returncode == 0
-    named = _cli("wallet", "create", "alice-travel", "--funding", alice, env=as_alice)
+    assert cli("wallet", "create", env=as_bob).returncode == 0
+    named = cli("wallet", "create", "alice-travel", "--funding", alice, env=as_alice)
     assert named.returncode == 0, named.stderr
 
-    balance = _cli("wallet", "balance", env=as_alice)
+    balance = cli("wallet", "balance", env=as_alice)
     assert balance.returncode == 0, balance.stderr
     rows = [line for line in balance.stdout.splitlines() if alice in line]
     assert len(rows) == 2  # the default wallet and alice-travel (funded by it)
     assert any("alice-travel" in row and " 10 " in row for row in rows)
 
-    sent = _cli(
+    sent = cli(
         "wallet", "send", alice, bob, "1.5", "--id", "pay-1", "--memo", "lunch", env=as_alice
     )
     assert sent.returncode == 0, sent.stderr
     committed = re.search(r"pay-1: committed in block (\d+)", sent.stdout)
     assert committed is not None, sent.stdout
-    again = _cli(
+    again = cli(
         "wallet", "send", alice, bob, "1.5", "--id", "pay-1", "--memo", "lunch", env=as_alice
     )
     assert again.returncode == 0, again.stderr
     assert f"pay-1: exists in block {committed.group(1)}" in again.stdout
 
-    one = _cli("wallet", "balance", alice, env=as_alice)
+    one = cli("wallet", "balance", alice, env=as_alice)
     assert "8.49958" in one.stdout  # 10 - 1.5 - 0.00042 gas fee
-    assert "11.5" in _cli("wallet", "balance", bob, env=as_bob).stdout
+    assert "11.5" in cli("wallet", "balance", bob, env=as_bob).stdout
 
-    history = _cli("wallet", "history", alice, env=as_alice)
+    history = cli("wallet", "history", alice, env=as_alice)
     assert history.returncode == 0, history.stderr
     ids = re.findall(r"^│ (\S+)", history.stdout, flags=re.MULTILINE)
     assert ids == ["fee:pay-1", "pay-1", f"grant:{alice}"]
     assert "-1.5" in history.stdout
     assert "lunch" in history.stdout
-    paged = _cli("wallet", "history", alice, "--limit", "1", "--before", "pay-1", env=as_alice)
+    paged = cli("wallet", "history", alice, "--limit", "1", "--before", "pay-1", env=as_alice)
     assert re.findall(r"^│ (\S+)", paged.stdout, flags=re.MULTILINE) == [f"grant:{alice}"]
-    assert "+1.5" in _cli("wallet", "history", bob, env=as_bob).stdout
+    assert "+1.5" in cli("wallet", "history", bob, env=as_bob).stdout
 
     # refusals: clean messages, non-zero exits, nothing moved
-    poor = _cli("wallet", "send", alice, bob, "9", "--id", "pay-2", env=as_alice)
+    poor = cli("wallet", "send", alice, bob, "9", "--id", "pay-2", env=as_alice)
     assert poor.returncode == 1
     assert "transfer_failed" in poor.stderr
     assert "exceeds_credits" in poor.stderr
-    theft = _cli("wallet", "send", bob, alice, "1", "--id", "pay-3", env=as_alice)
+    theft = cli("wallet", "send", bob, alice, "1", "--id", "pay-3", env=as_alice)
     assert theft.returncode == 1
     assert "forbidden" in theft.stderr
     for bad in ("0.0000001", "abc"):
-        refused = _cli("wallet", "send", alice, bob, bad, env=as_alice)
+        refused = cli("wallet", "send", alice, bob, bad, env=as_alice)
         assert refused.returncode == 2, refused.stderr
         assert "amount" in refused.stderr
         assert "Traceback" not in refused.stderr + refused.stdout
-    bad_id = _cli("wallet", "create", "no spaces", env=as_alice)
+    bad_id = cli("wallet", "create", "no spaces", env=as_alice)
     assert bad_id.returncode == 2
     assert "wallet_id" in bad_id.stderr
-    assert "8.49958" in _cli("wallet", "balance", alice, env=as_alice).stdout
+    assert "8.49958" in cli("wallet", "balance", alice, env=as_alice).stdout
 
     served.proc.send_signal(signal.SIGINT)
     assert served.proc.wait(timeout=10) == 0

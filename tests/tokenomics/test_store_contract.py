@@ -8,21 +8,17 @@ its own and drops it afterwards.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from fogcoord.storage.engine import create_engine, drop_schema
 from fogcoord.tokenomics import blocks
 from fogcoord.tokenomics.codes import Code
 from fogcoord.tokenomics.engine import LedgerState
 from fogcoord.tokenomics.model import MAX_AMOUNT, MAX_MEMO, FailedId, PendingState, Transfer
 from fogcoord.tokenomics.store import SqlLedgerStore
 from fogcoord.tokenomics.verify import verify_ledger
-from tests.services import unique
 from tests.tokenomics.ledger_support import (
     LINKED,
     Book,
@@ -36,29 +32,10 @@ from tests.tokenomics.ledger_support import (
     wallet,
 )
 
-BACKENDS = [
-    pytest.param("sqlite", id="sqlite"),
-    pytest.param("postgres", id="postgres", marks=pytest.mark.postgres),
-]
 
-
-@pytest.fixture(params=BACKENDS)
-def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
-    if request.param == "sqlite":
-        eng = create_engine(f"sqlite:///{tmp_path / 'ledger.db'}")
-        try:
-            yield eng
-        finally:
-            eng.dispose()
-        return
-    pg_url: str = request.getfixturevalue("pg_url")
-    schema = unique("ledger_test")
-    eng = create_engine(pg_url, schema=schema)
-    try:
-        yield eng
-    finally:
-        eng.dispose()
-        drop_schema(pg_url, schema)
+@pytest.fixture
+def engine(backend_engine: Engine) -> Engine:
+    return backend_engine
 
 
 @pytest.fixture
