@@ -9,7 +9,9 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 
 
@@ -18,6 +20,17 @@ class Served:
     proc: subprocess.Popen[str]
     url: str
     key: str
+
+    def get(self, path: str, **params: Any) -> Any:
+        """GET ``path`` with the operator key; the decoded body (raises on an error status)."""
+        response = httpx.get(
+            f"{self.url}{path}",
+            params=params,
+            headers={"Authorization": f"Bearer {self.key}"},
+            timeout=10,
+        )
+        response.raise_for_status()
+        return response.json()
 
 
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -32,14 +45,14 @@ def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
     )
 
 
-def start(data_dir: Path) -> Served:
+def start(data_dir: Path, env: dict[str, str] | None = None) -> Served:
     """Start `fogcoord serve` on a free port; its URL and the operator key it printed."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "fogcoord", "serve", "--port", "0", "--data-dir", str(data_dir)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        env={**os.environ, "COLUMNS": "200"},
+        env=env if env is not None else {**os.environ, "COLUMNS": "200"},
     )
     assert proc.stdout is not None
     url = key = ""

@@ -5,17 +5,14 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 import pytest
 
@@ -24,6 +21,7 @@ from fogcoord.agent.identity import FileIdentityStore, MemoryIdentityStore
 from fogcoord.agent.runner import Agent
 from fogcoord.api.schemas import Heartbeat
 from fogcoord.client import FogClient
+from tests.served import Served, start
 
 pytestmark = pytest.mark.slow
 
@@ -36,23 +34,6 @@ def _env() -> dict[str, str]:
     return env
 
 
-@dataclass
-class Served:
-    proc: subprocess.Popen[str]
-    url: str
-    key: str
-
-    def get(self, path: str, **params: Any) -> Any:
-        response = httpx.get(
-            f"{self.url}{path}",
-            params=params,
-            headers={"Authorization": f"Bearer {self.key}"},
-            timeout=10,
-        )
-        response.raise_for_status()
-        return response.json()
-
-
 def _finish(proc: subprocess.Popen[str]) -> str:
     """Stop ``proc`` if it still runs; its output, with every pipe closed."""
     if proc.poll() is None:
@@ -63,28 +44,10 @@ def _finish(proc: subprocess.Popen[str]) -> str:
 
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[Served]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "fogcoord", "serve", "--port", "0", "--data-dir", str(tmp_path)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=_env(),
-    )
-    assert proc.stdout is not None
-    url = key = ""
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and not (url and key):
-        line = proc.stdout.readline()
-        if not line:
-            break
-        if found := re.search(r"serving on (http://\S+)", line):
-            url = found.group(1)
-        if found := re.search(r"(fc_[0-9a-f]{16}_\S{43})", line):
-            key = found.group(1)
-    if not (url and key):
-        pytest.fail(f"fogcoord serve did not start: {_finish(proc)}")
+    server = start(tmp_path, env=_env())
+    proc = server.proc
     try:
-        yield Served(proc, url, key)
+        yield server
     finally:
         proc.send_signal(signal.SIGINT)
         try:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -35,6 +35,7 @@ from fogcoord.harvesting.store import DeviceRecord, SqlDeviceStore
 from fogcoord.lifecycle import Publish, ServiceBase
 
 NAME = "harvesting"
+log = logging.getLogger("fogcoord.harvesting")
 _LIVE_COLUMNS = (
     "battery",
     "charging",
@@ -119,8 +120,10 @@ class FogHarvestingService(ServiceBase):
     async def _every(self, seconds: float, job: Callable[[], Coroutine[Any, Any, Any]]) -> None:
         while True:
             await self.clock.sleep(seconds)
-            with contextlib.suppress(Exception):
+            try:
                 await job()
+            except Exception:  # the next round tries again; the failure must be visible
+                log.exception("harvesting background job %s failed", getattr(job, "__name__", job))
 
     # --- registration and heartbeats (the agent protocol) ----------------------------------------
 

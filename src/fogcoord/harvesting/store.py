@@ -100,12 +100,6 @@ class SqlDeviceStore:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         metadata.create_all(engine)
-        c = devices_t.c
-        self._update = (
-            devices_t.update()
-            .where(c.device_id == sa.bindparam("b_device_id"))
-            .values({f: sa.bindparam(f"b_{f}") for f in LIVE_FIELDS})
-        )
 
     def load(self) -> list[DeviceRecord]:
         with self.engine.connect() as conn:
@@ -131,11 +125,4 @@ class SqlDeviceStore:
             conn.exec_driver_sql(sql, list(rows))
 
     def update_live(self, records: Sequence[DeviceRecord]) -> None:
-        if not records:
-            return
-        params: list[dict[str, Any]] = [
-            {"b_device_id": r.device_id, **{f"b_{f}": getattr(r, f) for f in LIVE_FIELDS}}
-            for r in records
-        ]
-        with self.engine.begin() as conn:
-            conn.execute(self._update, params)
+        self.update_state([(*(getattr(r, f) for f in LIVE_FIELDS), r.device_id) for r in records])
