@@ -117,6 +117,11 @@ class PricingConfig(_Block):
     base_compute_rate_per_gflop: float = Field(0.001, gt=0)
     network_multiplier: float = Field(1.2, ge=1)
     storage_rate_per_gb: float = Field(0.0001, ge=0)
+    # extension keys (see docs/configuration.md)
+    quote_ttl_seconds: float = Field(60.0, gt=0, le=86_400)
+    demand_elasticity: float = Field(0.5, ge=0, le=4)
+    min_market_factor: float = Field(0.5, gt=0, le=1)
+    max_market_factor: float = Field(2.0, ge=1, le=100)
 
 
 class AuctionsConfig(_Block):

@@ -13,8 +13,13 @@ from fogcoord.auth.service import AuthService
 from fogcoord.channels import DeviceChannels
 from fogcoord.clock import Clock, SystemClock
 from fogcoord.config import FogConfig
-from fogcoord.contracts.harvesting import DeviceResultVerified
+from fogcoord.contracts.harvesting import (
+    DeviceDiscoveredEvent,
+    DeviceResultVerified,
+    DeviceStateChangedEvent,
+)
 from fogcoord.harvesting.service import FogHarvestingService
+from fogcoord.marketplace.service import FogMarketplaceService
 from fogcoord.orchestration.bus.inprocess import InProcessEventBus
 from fogcoord.orchestration.bus.protocol import EventBus
 from fogcoord.orchestration.service import FogOrchestrationService
@@ -76,6 +81,13 @@ class Coordinator:
             clock=self.clock,
             publish=self.orchestration.broadcast_event,
         )
+        self.marketplace = FogMarketplaceService(
+            config.marketplace,
+            lambda: self.storage.engine,
+            resolve=self.orchestration.discover_service,
+            clock=self.clock,
+            publish=self.orchestration.broadcast_event,
+        )
         self.channels = DeviceChannels()
         self._started = False
 
@@ -83,7 +95,13 @@ class Coordinator:
         if self._started:
             return
         self.config.server.data_dir.mkdir(parents=True, exist_ok=True)
-        for service in (self.storage, self.auth, self.tokenomics, self.harvesting):
+        for service in (
+            self.storage,
+            self.auth,
+            self.tokenomics,
+            self.harvesting,
+            self.marketplace,
+        ):
             await self.orchestration.register_service(service.name, service)
         await self.orchestration.initialize_services()
         await self.orchestration.subscribe(
@@ -92,6 +110,13 @@ class Coordinator:
             name="harvesting.trust",
             group="harvesting",
         )
+        for event_type in (DeviceDiscoveredEvent, DeviceStateChangedEvent):
+            await self.orchestration.subscribe(
+                event_type,
+                self.marketplace.on_device_event,
+                name=f"marketplace.supply.{event_type.event_type}",
+                group="marketplace",
+            )
         self._started = True
 
     async def stop(self, graceful: bool = True) -> bool:

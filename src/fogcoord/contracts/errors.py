@@ -61,6 +61,20 @@ class Conflict(FogError):
     http_status = 409
 
 
+class InsufficientFunds(Conflict):
+    """A wallet cannot cover ``amount`` (tokens); ``available`` is what it could spend."""
+
+    code = "insufficient_funds"
+
+    def __init__(self, wallet: str, amount: Any, available: Any) -> None:
+        super().__init__(
+            f"wallet {wallet!r} cannot cover {amount} tokens (available {available})",
+            wallet=wallet,
+            amount=str(amount),
+            available=str(available),
+        )
+
+
 class Unauthenticated(FogError):
     code = "unauthenticated"
     http_status = 401

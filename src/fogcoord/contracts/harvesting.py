@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
 
@@ -110,6 +111,19 @@ class DeviceHealth(BaseModel):
     reasons: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True, slots=True)
+class DeviceStanding:
+    """What a market needs to know of a device at one instant: may it work, who is paid, trust.
+
+    A plain dataclass: settlement asks for thousands at once and validation would dominate.
+    """
+
+    device_id: str
+    eligible: bool
+    owner: str = ""
+    trust: float = 0.0
+
+
 class DeviceDiscoveredEvent(ServiceEvent):
     device_id: str
     owner: str
@@ -144,6 +158,14 @@ class HarvestingProtocol(Protocol):
     async def coordinate_burst(self, burst_request: BurstRequest) -> str: ...
 
     async def monitor_device_health(self, device_id: str) -> DeviceHealth: ...
+
+    async def device_standing(self, device_ids: list[str]) -> dict[str, DeviceStanding]:
+        """Eligibility, owner and trust of many devices in one call (unknown ids are absent)."""
+        ...
+
+    async def count_eligible(self) -> int:
+        """How many devices could take work right now: the market's supply."""
+        ...
 
     async def check_eligibility(self, device_ids: list[str]) -> dict[str, bool]:
         """One answer per device, in one call (the marketplace uses it at settlement)."""

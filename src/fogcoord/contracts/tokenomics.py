@@ -14,6 +14,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from fogcoord.contracts.events import ServiceEvent
 
+PLATFORM_WALLET = "platform"
+"""The ledger account that collects platform fees."""
+
 
 class WalletInfo(BaseModel):
     model_config = ConfigDict(frozen=True)
@@ -84,6 +87,18 @@ class EscrowHold(BaseModel):
     expires_at: float | None = None
 
 
+class PayoutLeg(BaseModel):
+    """One leg of a payout chain from a job's escrow, named by the caller so retries dedupe."""
+
+    model_config = ConfigDict(frozen=True)
+
+    transfer_id: str = Field(min_length=1, max_length=96)
+    to_wallet: str
+    amount_micro: int = Field(ge=0)
+    pending: bool = Field(default=False, description="left pending until posted or voided")
+    memo: str = Field(default="", max_length=200)
+
+
 class WalletCreated(ServiceEvent):
     wallet_id: str
     owner: str
@@ -146,6 +161,22 @@ class TokenomicsProtocol(Protocol):
     async def payout_escrow(
         self, job_id: str, batch_id: str, payees: list[tuple[str, int]]
     ) -> list[TransactionResult]: ...
+
+    async def pay_from_escrow(
+        self, job_id: str, legs: list[PayoutLeg]
+    ) -> list[TransactionResult]: ...
+
+    async def settle_escrow_payouts(
+        self, job_id: str, post: list[str], void: list[str]
+    ) -> list[TransactionResult]: ...
+
+    async def refund_escrow(
+        self, job_id: str, refund_id: str, amount_micro: int
+    ) -> TransactionResult | None: ...
+
+    def escrow_available(self, job_id: str) -> int: ...
+
+    def wallet_available(self, wallet_id: str) -> int | None: ...
 
     async def close_escrow(self, job_id: str) -> TransactionResult | None: ...
 

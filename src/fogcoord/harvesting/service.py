@@ -22,6 +22,7 @@ from fogcoord.contracts.harvesting import (
     DeviceHealth,
     DeviceHealthState,
     DeviceResultVerified,
+    DeviceStanding,
     DeviceStateChangedEvent,
     NetworkType,
     ResourceRequirements,
@@ -341,6 +342,25 @@ class FogHarvestingService(ServiceBase):
 
     async def monitor_device_health(self, device_id: str) -> DeviceHealth:
         return self._health(self._row(device_id))
+
+    async def device_standing(self, device_ids: list[str]) -> dict[str, DeviceStanding]:
+        reg = self.registry
+        mask = suitability.eligible_mask(reg, self.selection_config)
+        out: dict[str, DeviceStanding] = {}
+        for d in device_ids:
+            r = reg.row(d)
+            if r is not None:
+                meta = reg.meta[r]
+                out[d] = DeviceStanding(
+                    device_id=d,
+                    eligible=bool(mask[r]),
+                    owner=meta.owner if meta is not None else "",
+                    trust=float(reg.trust[r]),
+                )
+        return out
+
+    async def count_eligible(self) -> int:
+        return int(suitability.eligible_mask(self.registry, self.selection_config).sum())
 
     async def check_eligibility(self, device_ids: list[str]) -> dict[str, bool]:
         reg = self.registry

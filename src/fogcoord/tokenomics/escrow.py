@@ -7,7 +7,10 @@ credited to it, so payouts can never exceed what the job captured:
 - ``capture(amount)``: post that pending transfer partially; the rest returns to the requester;
 - ``payout``: one linked chain from ``escrow:<job>`` to the payees (all or nothing);
 - ``refund``: escrow back to the requester; ``close`` refunds whatever is left;
-- ``release``: void the hold (nothing was captured).
+- ``release``: void the hold (nothing was captured);
+- ``pay``: caller-named legs from ``escrow:<job>`` as one linked chain, each leg posted at once or
+  left pending; ``settle`` later posts or voids pending legs (a voided leg's money stays in escrow
+  and goes back to the requester on ``close``).
 
 Transfer ids are derived from the job and step, so every step is idempotent: a retry after a
 crash or timeout returns ``exists`` instead of moving money twice.
@@ -18,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from fogcoord.contracts.errors import Conflict, NotFound, ValidationFailed
+from fogcoord.contracts.tokenomics import PayoutLeg
 from fogcoord.tokenomics.codes import Code
 from fogcoord.tokenomics.ledger import Ledger
 from fogcoord.tokenomics.model import (
@@ -155,6 +159,56 @@ class Escrow:
         ]
         return _check("payout", job_id, await self.ledger.transfers(requests))
 
+    async def pay(self, job_id: str, legs: Sequence[PayoutLeg]) -> list[TransferResult]:
+        """Pay ``legs`` from the job's escrow as one linked chain (all or nothing)."""
+        live = [leg for leg in legs if leg.amount_micro > 0]
+        if not live:
+            return []
+        account = escrow_account(job_id)
+        last = len(live) - 1
+        requests = [
+            TransferRequest(
+                leg.transfer_id,
+                account,
+                leg.to_wallet,
+                leg.amount_micro,
+                (TransferFlags.LINKED if i < last else TransferFlags.NONE)
+                | (TransferFlags.PENDING if leg.pending else TransferFlags.NONE),
+                memo=leg.memo or f"payout for {job_id}",
+            )
+            for i, leg in enumerate(live)
+        ]
+        return _check("pay", job_id, await self.ledger.transfers(requests))
+
+    async def settle(
+        self, job_id: str, post: Sequence[str], void: Sequence[str]
+    ) -> list[TransferResult]:
+        """Post the pending legs ``post`` and void the legs ``void`` (retries are idempotent)."""
+        requests = [
+            TransferRequest(
+                f"post:{pid}", amount=None, flags=TransferFlags.POST_PENDING, pending_id=pid
+            )
+            for pid in post
+        ] + [
+            TransferRequest(
+                f"void:{pid}", amount=None, flags=TransferFlags.VOID_PENDING, pending_id=pid
+            )
+            for pid in void
+        ]
+        if not requests:
+            return []
+        results = await self.ledger.transfers(requests)
+        for r in results:
+            # a pending leg that was already posted or voided by an earlier attempt is settled
+            if r.code not in (
+                Code.OK,
+                Code.EXISTS,
+                Code.PENDING_TRANSFER_ALREADY_POSTED,
+                Code.PENDING_TRANSFER_ALREADY_VOIDED,
+            ):
+                raise EscrowFailed("settle", job_id, r.code)
+        return list(results)
+
     async def refund(self, job_id: str, refund_id: str, amount: int) -> TransferResult | None:
         if amount <= 0:
             return None
@@ -186,6 +240,13 @@ class Escrow:
         account = self.ledger.account(escrow_account(job_id))
         left = account.balance if account is not None else 0
         return await self.refund(job_id, "close", left)
+
+    def available(self, job_id: str) -> int:
+        """What the escrow can still pay: posted balance less pending payouts."""
+        account = self.ledger.account(escrow_account(job_id))
+        if account is None:
+            raise NotFound("escrow", job_id)
+        return account.balance - account.debits_pending
 
     def balance(self, job_id: str) -> int:
         account = self.ledger.account(escrow_account(job_id))

@@ -10,6 +10,7 @@ import asyncio
 from collections.abc import Sequence
 
 from fogcoord.clock import Clock
+from fogcoord.contracts.tokenomics import PLATFORM_WALLET
 from fogcoord.tokenomics.codes import Code
 from fogcoord.tokenomics.engine import LedgerState
 from fogcoord.tokenomics.model import (
@@ -24,7 +25,7 @@ from fogcoord.tokenomics.store import LedgerStore
 from fogcoord.tokenomics.writer import GroupCommitWriter, LedgerUnavailable
 
 MINT = "mint"
-PLATFORM = "platform"
+PLATFORM = PLATFORM_WALLET
 SYSTEM_ACCOUNTS = (MINT, PLATFORM)
 
 

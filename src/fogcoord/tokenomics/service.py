@@ -20,6 +20,7 @@ from fogcoord.contracts.tokenomics import (
     EscrowChanged,
     EscrowHold,
     LowBalance,
+    PayoutLeg,
     RewardsDistributed,
     Transaction,
     TransactionResult,
@@ -412,6 +413,34 @@ class FogTokenomicsService(ServiceBase):
             job_id, "payout", sum(a for _, a in payees if a > 0), results[0] if results else None
         )
         return [self._result(r) for r in results]
+
+    async def pay_from_escrow(self, job_id: str, legs: list[PayoutLeg]) -> list[TransactionResult]:
+        results = await self.escrow.pay(job_id, legs)
+        self._escrow_event(
+            job_id, "pay", sum(leg.amount_micro for leg in legs), results[0] if results else None
+        )
+        return [self._result(r) for r in results]
+
+    async def settle_escrow_payouts(
+        self, job_id: str, post: list[str], void: list[str]
+    ) -> list[TransactionResult]:
+        results = await self.escrow.settle(job_id, post, void)
+        return [self._result(r) for r in results]
+
+    async def refund_escrow(
+        self, job_id: str, refund_id: str, amount_micro: int
+    ) -> TransactionResult | None:
+        r = await self.escrow.refund(job_id, refund_id, amount_micro)
+        if r is None:
+            return None
+        self._escrow_event(job_id, "refund", amount_micro, r)
+        return self._result(r)
+
+    def escrow_available(self, job_id: str) -> int:
+        return self.escrow.available(job_id)
+
+    def wallet_available(self, wallet_id: str) -> int | None:
+        return self.ledger.available(wallet_id)
 
     async def close_escrow(self, job_id: str) -> TransactionResult | None:
         r = await self.escrow.close(job_id)

@@ -1,0 +1,148 @@
+"""Reverse auctions: the rules an ask must pass and the uniform-price clearing.
+
+An auction buys ``slots`` devices to share a stated amount of work. Providers ask a price per
+GFLOP; the ``slots`` lowest eligible asks win (ties: higher trust first, then the earlier ask) and
+every winner is paid the same clearing price per GFLOP:
+
+- the (N+1)-th lowest eligible ask when there is one. This is the multi-unit Vickrey rule for
+  providers that each supply one slot: a winner's ask only decides *whether* it wins, never what
+  it is paid, and a loser could only have won by asking below a price it finds too low. So asking
+  one's true cost is the best strategy: nobody gains by shading an ask up or down;
+- the N-th (highest winning) ask when only N (or fewer, on a partial fill) eligible asks exist.
+  The price then depends on a winner's own ask, so the marginal winner has a reason to ask above
+  its cost: truthfulness is given up for the marginal provider, and in exchange the requester
+  still gets its slots without waiting for a competitor that may never come.
+
+Prices are integer micro-tokens per GFLOP. Asks sit on a grid: ``step`` is
+``min_bid_increment`` x the auction's quoted price per GFLOP (at least one micro-token), because the
+seed's increment of 0.01 read as tokens would be ten times its own base price of 0.001 per GFLOP;
+read as a fraction it is a 1 % grid, which is what an increment that small is for. A provider may
+replace its ask only by lowering it at least one step, so an auction converges and cannot be
+spammed with sideways moves.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+import numpy as np
+
+from fogcoord.contracts.errors import Conflict
+from fogcoord.contracts.marketplace import AuctionResult, AuctionStatus
+
+
+class BidRefused(Conflict):
+    """An ask broke one of the auction's rules; ``rule`` names which."""
+
+    code = "bid_refused"
+
+    def __init__(self, auction_id: str, rule: str, reason: str) -> None:
+        super().__init__(f"ask refused ({rule}): {reason}", auction_id=auction_id, rule=rule)
+        self.rule = rule
+
+
+@dataclass(slots=True)
+class AskRec:
+    provider: str
+    owner: str
+    price: int
+    seq: int
+    at: float
+
+
+@dataclass(slots=True)
+class AuctionState:
+    auction_id: str
+    requester: str
+    wallet: str
+    escrow_id: str
+    job_id: str | None
+    slots: int
+    gflop: Decimal
+    ceiling: int
+    floor: int
+    step: int
+    quote_price: int
+    hold: int
+    opened_at: float
+    closes_at: float
+    allow_partial: bool
+    status: AuctionStatus = AuctionStatus.OPEN
+    asks: dict[str, AskRec] = field(default_factory=dict)
+    result: AuctionResult | None = None
+    price: int | None = None
+    """Clearing price per GFLOP once settled."""
+    closed: bool = False
+    """The job has ended: pending payouts posted or voided and the escrow emptied."""
+    seq: int = 0
+
+    def check(self, provider: str, owner: str, price: int, now: float) -> None:
+        """Raise ``BidRefused`` naming the first rule the ask breaks."""
+        aid = self.auction_id
+        if self.status is not AuctionStatus.OPEN:
+            raise BidRefused(aid, "auction_closed", f"the auction is {self.status.value}")
+        if now >= self.closes_at:
+            raise BidRefused(aid, "auction_expired", "the auction's time is over")
+        if owner == self.requester:
+            raise BidRefused(aid, "own_auction", "a requester cannot bid in its own auction")
+        if price > self.ceiling:
+            raise BidRefused(aid, "above_ceiling", f"{price} > ceiling {self.ceiling} micro/GFLOP")
+        if price < self.floor:
+            raise BidRefused(aid, "below_reserve", f"{price} < reserve {self.floor} micro/GFLOP")
+        if price % self.step:
+            raise BidRefused(aid, "off_grid", f"asks are multiples of {self.step} micro/GFLOP")
+        current = self.asks.get(provider)
+        if current is not None and price > current.price - self.step:
+            raise BidRefused(
+                aid,
+                "not_lower",
+                f"a new ask must be at least {self.step} below the current {current.price}",
+            )
+
+    def place(self, provider: str, owner: str, price: int, now: float) -> AskRec:
+        self.seq += 1
+        rec = AskRec(provider, owner, price, self.seq, now)
+        self.asks[provider] = rec
+        return rec
+
+
+@dataclass(frozen=True, slots=True)
+class Clearing:
+    winners: tuple[str, ...]
+    price: int | None
+    """Clearing price per GFLOP in micro-tokens; None when nobody won."""
+    status: AuctionStatus
+    reason: str = ""
+
+
+def rank(asks: Sequence[AskRec], trust: Sequence[float]) -> list[int]:
+    """Indices of ``asks`` from best to worst: lowest price, then highest trust, then earliest."""
+    if not asks:
+        return []
+    price = np.fromiter((a.price for a in asks), dtype=np.int64, count=len(asks))
+    seq = np.fromiter((a.seq for a in asks), dtype=np.int64, count=len(asks))
+    neg_trust = -np.asarray(trust, dtype=np.float64)
+    # lexsort sorts by the last key first
+    return [int(i) for i in np.lexsort((seq, neg_trust, price))]
+
+
+def clear(
+    asks: Sequence[AskRec], trust: Sequence[float], slots: int, allow_partial: bool
+) -> Clearing:
+    """Winners and uniform price among ``asks``, all of which are eligible."""
+    order = rank(asks, trust)
+    n = len(order)
+    if n > slots:
+        winners = tuple(asks[i].provider for i in order[:slots])
+        return Clearing(winners, asks[order[slots]].price, AuctionStatus.SETTLED)
+    if n == slots:
+        winners = tuple(asks[i].provider for i in order)
+        return Clearing(winners, asks[order[-1]].price, AuctionStatus.SETTLED)
+    if n > 0 and allow_partial:
+        winners = tuple(asks[i].provider for i in order)
+        return Clearing(winners, asks[order[-1]].price, AuctionStatus.PARTIAL)
+    return Clearing(
+        (), None, AuctionStatus.FAILED, f"{n} eligible asks for {slots} slots, no partial fill"
+    )
