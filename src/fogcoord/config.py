@@ -257,6 +257,36 @@ class SystemStatsConfig(_Block):
     alerting: AlertingConfig = AlertingConfig()
 
 
+# --- compute jobs (extension block) -----------------------------------------------------------
+
+
+class JobsConfig(_Block):
+    """Verification, replication, dispatch and payment of compute jobs (all extension keys)."""
+
+    min_quorum: int = Field(2, ge=1, le=16, description="agreeing replicas that accept a result")
+    max_replicas: int = Field(5, ge=1, le=32, description="replicas tried before a task fails")
+    task_timeout_seconds: float = Field(30.0, gt=0, description="a replica not back is reassigned")
+    max_in_flight_per_device: int = Field(2, ge=1, le=64)
+    trusted_streak: int = Field(
+        10, ge=1, description="valid results in a row after which a device runs tasks alone"
+    )
+    audit_min_probability: float = Field(
+        0.05, ge=0, le=1, description="floor of the chance a lone result is re-executed"
+    )
+    audit_on_coordinator: bool = Field(
+        True, description="audits re-execute on the coordinator when no other device is free"
+    )
+    settle_batch_size: int = Field(100, ge=1, description="verified tasks paid per batch")
+    settle_interval_seconds: float = Field(1.0, gt=0, description="a partial batch waits this")
+    payout_holding_seconds: float = Field(
+        3_600.0, ge=0, description="pending payouts of a long job are posted after this"
+    )
+    auction_minutes: float = Field(1.0, gt=0, description="longest a job's auction stays open")
+    max_tasks: int = Field(100_000, ge=1)
+    max_module_bytes: int = Field(16 << 20, ge=1)
+    max_input_bytes: int = Field(16 << 20, ge=1)
+
+
 # --- deployment -------------------------------------------------------------------------------
 
 
@@ -301,6 +331,7 @@ class FogConfig(_Block):
     privacy: PrivacyConfig = PrivacyConfig()
     tokenomics: TokenomicsConfig = TokenomicsConfig()
     system_stats: SystemStatsConfig = SystemStatsConfig()
+    jobs: JobsConfig = JobsConfig()
     server: ServerConfig = ServerConfig()
     storage: StorageConfig = StorageConfig()
     bus: BusConfig = BusConfig()

@@ -19,7 +19,10 @@ from fogcoord.contracts.harvesting import (
     DeviceStateChangedEvent,
 )
 from fogcoord.harvesting.service import FogHarvestingService
+from fogcoord.jobs.executor import SandboxExecutor
+from fogcoord.jobs.runner import JobRunner
 from fogcoord.marketplace.service import FogMarketplaceService
+from fogcoord.privacy.service import FogPrivacyService
 from fogcoord.orchestration.bus.inprocess import InProcessEventBus
 from fogcoord.orchestration.bus.protocol import EventBus
 from fogcoord.orchestration.service import FogOrchestrationService
@@ -88,7 +91,20 @@ class Coordinator:
             clock=self.clock,
             publish=self.orchestration.broadcast_event,
         )
+        self.privacy = FogPrivacyService(
+            config.privacy, clock=self.clock, publish=self.orchestration.broadcast_event
+        )
         self.channels = DeviceChannels()
+        self.executor = SandboxExecutor()
+        self.jobs = JobRunner(
+            config.jobs,
+            lambda: self.storage.engine,
+            resolve=self.orchestration.discover_service,
+            send=self.channels.push,
+            executor=self.executor,
+            clock=self.clock,
+            publish=self.orchestration.broadcast_event,
+        )
         self._started = False
 
     async def start(self) -> None:
@@ -101,6 +117,8 @@ class Coordinator:
             self.tokenomics,
             self.harvesting,
             self.marketplace,
+            self.privacy,
+            self.jobs,
         ):
             await self.orchestration.register_service(service.name, service)
         await self.orchestration.initialize_services()
@@ -123,7 +141,10 @@ class Coordinator:
         if not self._started:
             return True
         self._started = False
-        return await self.orchestration.shutdown_services(graceful=graceful)
+        try:
+            return await self.orchestration.shutdown_services(graceful=graceful)
+        finally:
+            self.executor.close()
 
     async def __aenter__(self) -> Self:
         await self.start()

@@ -122,6 +122,8 @@ class DeviceStanding:
     eligible: bool
     owner: str = ""
     trust: float = 0.0
+    public_key: str = ""
+    """Ed25519 public key, hex: what the device's signed work receipts verify against."""
 
 
 class DeviceDiscoveredEvent(ServiceEvent):

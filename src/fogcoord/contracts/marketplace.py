@@ -151,6 +151,9 @@ class CompletedJob(BaseModel):
     hold_payouts: bool = Field(
         default=False, description="leave payouts pending until the job ends (or is voided)"
     )
+    post_pending: bool = Field(
+        default=False, description="post the payouts held so far (a long job's holding period)"
+    )
     void_devices: tuple[str, ...] = Field(
         default=(), description="devices shown to have cheated: their pending payouts are voided"
     )
@@ -271,3 +274,5 @@ class MarketplaceProtocol(Protocol):
     async def get_market_metrics(self) -> MarketMetrics: ...
 
     async def get_auction(self, auction_id: str) -> AuctionView: ...
+
+    async def cancel_auction(self, auction_id: str, requester: str) -> AuctionResult: ...

@@ -10,6 +10,8 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from fogcoord.contracts.events import ServiceEvent
+
 Tensor = Any
 """A numpy ``ndarray`` or, when torch is installed, a ``torch.Tensor``."""
 
@@ -49,6 +51,24 @@ class ParticipantData(BaseModel):
     task_id: str | None = None
 
 
+class ByzantineFlag(BaseModel):
+    """One participant judged Byzantine, in one task or round, and why."""
+
+    model_config = ConfigDict(frozen=True)
+
+    participant_id: str
+    task_id: str
+    reason: str
+
+
+class ByzantineFlagged(ServiceEvent):
+    durable = True
+
+    participant_id: str
+    task_id: str
+    reason: str
+
+
 class PrivacyProtocol(Protocol):
     async def initialize_privacy_budgets(self, participants: list[str]) -> dict[str, float]: ...
 
@@ -63,3 +83,7 @@ class PrivacyProtocol(Protocol):
     async def detect_byzantine_behavior(
         self, participant_data: list[ParticipantData]
     ) -> list[str]: ...
+
+    async def explain_byzantine(
+        self, participant_data: list[ParticipantData]
+    ) -> list[ByzantineFlag]: ...

@@ -356,6 +356,7 @@ class FogHarvestingService(ServiceBase):
                     eligible=bool(mask[r]),
                     owner=meta.owner if meta is not None else "",
                     trust=float(reg.trust[r]),
+                    public_key=meta.public_key if meta is not None else "",
                 )
         return out
 

@@ -567,6 +567,8 @@ class FogMarketplaceService(ServiceBase):
         refunded = out.refunded
         if job.final:
             refunded += await self._close(a, set(job.void_devices), tok)
+        elif job.post_pending:
+            await self._post_pending(a, tok)
         return out.model_copy(update={"voided": voided, "refunded": refunded})
 
     async def _pay_batch(
@@ -694,6 +696,15 @@ class FogMarketplaceService(ServiceBase):
         if a.closed:
             return Decimal(0)
         await self._void(a, void, tok)
+        await self._post_pending(a, tok)
+        left = tok.escrow_available(a.escrow_id)
+        await tok.close_escrow(a.escrow_id)
+        self.book.paid("refund", left)
+        await asyncio.to_thread(self.store.update_auction, a.auction_id, closed=True)
+        a.closed = True
+        return tokens(left)
+
+    async def _post_pending(self, a: AuctionState, tok: TokenomicsProtocol) -> None:
         rows = [r for r in self._payouts.get(a.escrow_id, []) if r["state"] == "pending"]
         ids = [r["transfer_id"] for r in rows]
         if ids:
@@ -702,12 +713,6 @@ class FogMarketplaceService(ServiceBase):
             for r in rows:
                 r["state"] = "posted"
                 self.book.paid(r["role"], r["amount"])
-        left = tok.escrow_available(a.escrow_id)
-        await tok.close_escrow(a.escrow_id)
-        self.book.paid("refund", left)
-        await asyncio.to_thread(self.store.update_auction, a.auction_id, closed=True)
-        a.closed = True
-        return tokens(left)
 
     async def _wallets(
         self, a: AuctionState, devices: list[str], tok: TokenomicsProtocol

@@ -1,0 +1,1 @@
+"""Compute jobs: the persisted workflow from submission to verified, paid results."""
