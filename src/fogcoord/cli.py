@@ -113,18 +113,26 @@ def demo(
     data_dir: Annotated[Path | None, typer.Option("--data-dir", help="state directory")] = None,
     exit_after: Annotated[
         bool, typer.Option("--exit/--no-exit", help="stop after the run instead of serving")
-    ] = True,
+    ] = False,
+    devices: Annotated[int, typer.Option(min=3, max=500, help="agents in the workforce")] = 50,
+    cheaters: Annotated[int, typer.Option(min=0, help="agents that cheat")] = 5,
+    small: Annotated[bool, typer.Option(help="a smaller image and fewer ranges")] = False,
 ) -> None:
-    """Start an embedded coordinator, show its health and services, and stop."""
+    """Run the main job end to end: agents bid, compute, get checked and paid; then serve."""
     import tempfile
+    from dataclasses import replace
 
-    from fogcoord.demo import run_demo
+    from fogcoord.demo import SMALL, DemoSize, run_demo
 
+    if cheaters >= devices:
+        err.print("--cheaters must be fewer than --devices")
+        raise typer.Exit(2)
     if data_dir is None:
         data_dir = Path(tempfile.mkdtemp(prefix="fogcoord-demo-"))
     out.print(f"data directory: {data_dir}")
     cfg = _config(config, data_dir=data_dir, port=0)
-    raise typer.Exit(asyncio.run(run_demo(cfg, out, serve_after=not exit_after)))
+    size = replace(SMALL if small else DemoSize(), devices=devices, cheaters=cheaters)
+    raise typer.Exit(asyncio.run(run_demo(cfg, out, serve_after=not exit_after, size=size)))
 
 
 @app.command()
@@ -374,6 +382,320 @@ def ledger_verify(config: ConfigOpt = None) -> None:
     out.print("[green]ledger verified: balances, double entry and block chain agree[/green]")
 
 
+def _decimal(option: str, value: str) -> Any:
+    """``value`` as a Decimal, or exit 2 naming ``option`` (floats would lose micro-tokens)."""
+    from decimal import Decimal, InvalidOperation
+
+    try:
+        number = Decimal(value)
+    except InvalidOperation:
+        number = Decimal("NaN")
+    if not number.is_finite():
+        err.print(f"[red]{option}: not a number: {value!r}[/red]", highlight=False)
+        raise typer.Exit(2)
+    return number
+
+
+# --- market ------------------------------------------------------------------------------------
+
+market_app = typer.Typer(
+    help="Quotes, reverse auctions and asks on a running coordinator.", no_args_is_help=True
+)
+app.add_typer(market_app, name="market")
+
+
+def _clock(at: float) -> str:
+    from datetime import datetime
+
+    return datetime.fromtimestamp(at).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _auction_table(view: Any) -> Table:
+    table = Table("auction", "value")
+    rows = [
+        ("id", view.auction_id),
+        ("status", view.status.value),
+        ("requester", view.requester),
+        ("job", view.job_id or ""),
+        ("slots", str(view.slots)),
+        ("GFLOP", f"{view.gflop:g}"),
+        ("ceiling / GFLOP", str(view.max_price_per_gflop)),
+        ("reserve / GFLOP", str(view.reserve_price_per_gflop)),
+        ("increment", str(view.bid_increment)),
+        ("quoted / GFLOP", str(view.quoted_price_per_gflop)),
+        ("held", str(view.held)),
+        ("asks", str(view.asks)),
+        ("best ask", str(view.best_ask) if view.best_ask is not None else ""),
+        ("closes", _clock(view.closes_at)),
+    ]
+    for name, value in rows:
+        table.add_row(name, value)
+    return table
+
+
+def _print_result(result: Any) -> None:
+    price = result.clearing_price_per_gflop
+    out.print(f"auction {result.auction_id}: {result.status}", highlight=False)
+    if result.winners:
+        out.print(f"  winners         {', '.join(result.winners)}", highlight=False)
+        out.print(f"  clearing price  {price} per GFLOP (every winner)", highlight=False)
+    out.print(f"  captured        {result.captured}", highlight=False)
+    out.print(f"  released        {result.released}", highlight=False)
+    if result.reason:
+        out.print(f"  reason          {result.reason}", highlight=False)
+
+
+@market_app.command("quote")
+def market_quote(
+    gflop: Annotated[float, typer.Option("--gflop", help="work to price, GFLOP")],
+    storage_gb: Annotated[float, typer.Option("--storage-gb", help="storage, GB")] = 0.0,
+    network_bound: Annotated[
+        bool, typer.Option("--network-bound", help="the work is network-bound")
+    ] = False,
+    url: UrlOpt = None,
+    api_key: KeyOpt = None,
+) -> None:
+    """Price some work; an auction may name the quote while it is valid."""
+    from fogcoord.client import FogClient
+
+    async def fetch() -> Any:
+        async with FogClient(url, api_key) as fog:
+            return await fog.quote(gflop, storage_gb=storage_gb, network_bound=network_bound)
+
+    q = _run_checked(fetch())
+    table = Table("quote", q.quote_id)
+    table.add_row("compute", str(q.compute_cost))
+    table.add_row("network", str(q.network_cost))
+    table.add_row("storage", str(q.storage_cost))
+    table.add_row("market factor", f"{q.market_factor:.3f}")
+    table.add_row("total", str(q.total))
+    table.add_row("per GFLOP", str(q.price_per_gflop))
+    table.add_row("valid until", _clock(q.expires_at))
+    out.print(table)
+
+
+@market_app.command("auctions")
+def market_auctions(
+    status: Annotated[str | None, typer.Option(help="open, settled, partial or failed")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=1000, help="how many")] = 50,
+    url: UrlOpt = None,
+    api_key: KeyOpt = None,
+) -> None:
+    """Auctions, newest first."""
+    from fogcoord.client import FogClient
+    from fogcoord.contracts.marketplace import AuctionStatus
+
+    try:
+        wanted = AuctionStatus(status) if status else None
+    except ValueError:
+        err.print(f"[red]--status: one of {', '.join(s.value for s in AuctionStatus)}[/red]")
+        raise typer.Exit(2) from None
+
+    async def fetch() -> Any:
+        async with FogClient(url, api_key) as fog:
+            return await fog.auctions(wanted, limit=limit)
+
+    table = Table(
+        "auction",
+        "status",
+        "slots",
+        "GFLOP",
+        "ceiling",
+        "reserve",
+        "asks",
+        "best",
+        "price",
+        "closes",
+    )
+    for a in _run(fetch()):
+        price = a.result.clearing_price_per_gflop if a.result is not None else None
+        table.add_row(
+            a.auction_id,
+            a.status.value,
+            str(a.slots),
+            f"{a.gflop:g}",
+            str(a.max_price_per_gflop),
+            str(a.reserve_price_per_gflop),
+            str(a.asks),
+            str(a.best_ask) if a.best_ask is not None else "",
+            str(price) if price is not None else "",
+            _clock(a.closes_at),
+        )
+    out.print(table)
+
+
+@market_app.command("auction")
+def market_auction(
+    auction_id: Annotated[str, typer.Argument(help="auction id")],
+    url: UrlOpt = None,
+    api_key: KeyOpt = None,
+) -> None:
+    """One auction, and its result once it has one."""
+    from fogcoord.client import FogClient
+
+    async def fetch() -> Any:
+        async with FogClient(url, api_key) as fog:
+            return await fog.auction(auction_id)
+
+    view = _run(fetch())
+    out.print(_auction_table(view))
+    if view.result is not None:
+        _print_result(view.result)
+
+
+@market_app.command("create")
+def market_create(
+    slots: Annotated[int, typer.Option("--slots", min=1, help="devices to buy")],
+    gflop: Annotated[float, typer.Option("--gflop", help="work to buy, GFLOP")],
+    max_price: Annotated[str, typer.Option("--max-price", help="ceiling, tokens per GFLOP")],
+    duration: Annotated[
+        float | None, typer.Option("--duration", help="minutes open (at most the configured)")
+    ] = None,
+    allow_partial: Annotated[
+        bool, typer.Option("--allow-partial", help="settle with fewer asks than slots")
+    ] = False,
+    job_id: Annotated[str | None, typer.Option("--job-id", help="the job it buys for")] = None,
+    wallet: Annotated[str | None, typer.Option(help="your paying wallet")] = None,
+    quote_id: Annotated[str | None, typer.Option("--quote", help="price from this quote")] = None,
+    storage_gb: Annotated[float, typer.Option("--storage-gb", help="storage, GB")] = 0.0,
+    network_bound: Annotated[
+        bool, typer.Option("--network-bound", help="the work is network-bound")
+    ] = False,
+    url: UrlOpt = None,
+    api_key: KeyOpt = None,
+) -> None:
+    """Open a reverse auction; ceiling x work is held from your wallet until it settles."""
+    from fogcoord.client import FogClient
+
+    price = _decimal("--max-price", max_price)
+
+    async def create() -> Any:
+        async with FogClient(url, api_key) as fog:
+            return await fog.create_auction(
+                slots,
+                gflop,
+                price,
+                duration_minutes=duration,
+                allow_partial=allow_partial,
+                job_id=job_id,
+                wallet=wallet,
+                quote_id=quote_id,
+                storage_gb=storage_gb,
+                network_bound=network_bound,
+            )
+
+    view = _run_checked(create())
+    out.print(
+        f"auction {view.auction_id} opened: {view.slots} slots, {view.held} tokens held, "
+        f"closes {_clock(view.closes_at)}",
+        highlight=False,
+    )
+
+
+@market_app.command("bid")
+def market_bid(
+    auction_id: Annotated[str, typer.Argument(help="auction id")],
+    provider: Annotated[str, typer.Option("--provider", help="device that would do the work")],
+    price: Annotated[str, typer.Option("--price", help="ask, tokens per GFLOP")],
+    url: UrlOpt = None,
+    api_key: KeyOpt = None,
+) -> None:
+    """Ask a price for a device (with its own key, its owner's or an operator's)."""
+    from fogcoord.client import FogClient
+
+    ask = _decimal("--price", price)
+
+    async def bid() -> Any:
+        async with FogClient(url, api_key) as fog:
+            return await fog.submit_bid(auction_id, provider, ask)
+
+    placed = _run_checked(bid())
+    out.print(
+        f"ask accepted: {ask} per GFLOP for {provider}; {placed.asks} asks, "
+        f"auction {placed.status.value}",
+        highlight=False,
+    )
+    if placed.result is not None:
+        _print_result(placed.result)
+
+
+@market_app.command("asks")
+def market_asks(
+    auction_id: Annotated[str, typer.Argument(help="auction id")],
+    url: UrlOpt = None,
+    api_key: KeyOpt = None,
+) -> None:
+    """The asks in one of your auctions, best first."""
+    from fogcoord.client import FogClient
+
+    async def fetch() -> Any:
+        async with FogClient(url, api_key) as fog:
+            return await fog.asks(auction_id)
+
+    table = Table("provider", "owner", "ask / GFLOP", "at")
+    for a in _run(fetch()):
+        table.add_row(a.provider, a.owner, str(a.price_per_gflop), _clock(a.submitted_at))
+    out.print(table)
+
+
+@market_app.command("settle")
+def market_settle(
+    auction_id: Annotated[str, typer.Argument(help="auction id")],
+    url: UrlOpt = None,
+    api_key: KeyOpt = None,
+) -> None:
+    """Settle your auction now (with at least as many asks as slots, or a partial fill)."""
+    from fogcoord.client import FogClient
+
+    async def settle() -> Any:
+        async with FogClient(url, api_key) as fog:
+            return await fog.settle_auction(auction_id)
+
+    _print_result(_run(settle()))
+
+
+@market_app.command("cancel")
+def market_cancel(
+    auction_id: Annotated[str, typer.Argument(help="auction id")],
+    url: UrlOpt = None,
+    api_key: KeyOpt = None,
+) -> None:
+    """Withdraw your open auction; the whole hold goes back."""
+    from fogcoord.client import FogClient
+
+    async def cancel() -> Any:
+        async with FogClient(url, api_key) as fog:
+            return await fog.cancel_auction(auction_id)
+
+    _print_result(_run(cancel()))
+
+
+@market_app.command("metrics")
+def market_metrics(url: UrlOpt = None, api_key: KeyOpt = None) -> None:
+    """Market volume, clearing prices, fill rate and revenue by role."""
+    from fogcoord.client import FogClient
+
+    async def fetch() -> Any:
+        async with FogClient(url, api_key) as fog:
+            return await fog.market_metrics()
+
+    m = _run(fetch())
+    table = Table("market", "value")
+    table.add_row("volume", str(m.volume))
+    table.add_row("open auctions", str(m.open_auctions))
+    table.add_row("settled / failed", f"{m.auctions_settled} / {m.auctions_failed}")
+    last = m.last_clearing_price
+    mean = m.mean_clearing_price
+    table.add_row("last clearing price", str(last) if last is not None else "")
+    table.add_row("mean clearing price", str(mean) if mean is not None else "")
+    table.add_row("fill rate", f"{m.fill_rate:.1%}")
+    table.add_row("supply / demand", f"{m.supply_demand_ratio:.2f}")
+    table.add_row("market factor", f"{m.market_factor:.3f}")
+    for role, amount in m.revenue_by_role.items():
+        table.add_row(f"revenue: {role}", str(amount))
+    out.print(table)
+
+
 CoordinatorOpt = Annotated[
     str | None,
     typer.Option("--coordinator", "--url", help="coordinator URL (default: $FOGCOORD_URL)"),
@@ -422,21 +744,44 @@ def agent(
     interval: Annotated[float, typer.Option(min=0.1, help="seconds between heartbeats")] = 10.0,
     region: Annotated[str, typer.Option(help="region label reported at registration")] = "",
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="log every heartbeat")] = False,
+    min_price: Annotated[
+        str,
+        typer.Option(
+            "--min-price", help="never ask less per GFLOP in auctions (default 0: the reserve)"
+        ),
+    ] = "0",
+    only_when_charging: Annotated[
+        bool, typer.Option("--only-when-charging", help="bid only while plugged in")
+    ] = False,
+    no_bid: Annotated[bool, typer.Option("--no-bid", help="never bid in auctions")] = False,
 ) -> None:
-    """Offer this machine as a device: register once, then heartbeat until Ctrl-C."""
+    """Offer this machine as a device: register once, then heartbeat (and bid) until Ctrl-C."""
     import logging
     import os
     import signal
 
+    from pydantic import ValidationError
+
+    from fogcoord.agent.bidding import AskPolicy, AutoBidder
     from fogcoord.agent.runner import Agent, AgentError
     from fogcoord.client import KEY_ENV
 
     url = _coordinator_url(coordinator)
     owner_key = api_key or os.environ.get(KEY_ENV) or None
+    try:
+        policy = AskPolicy(
+            min_price_per_gflop=_decimal("--min-price", min_price),
+            only_when_charging=only_when_charging,
+            enabled=not no_bid,
+        )
+    except ValidationError as exc:
+        err.print(f"[red]--min-price: {exc.errors()[0]['msg']}[/red]", highlight=False)
+        raise typer.Exit(2) from None
     _agent_logging(logging.DEBUG if verbose else logging.INFO)
 
     async def main() -> None:
         device_agent = Agent(url, owner_key, state_dir, interval=interval, region=region)
+        bidder = AutoBidder(device_agent, policy)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, device_agent.stop)
@@ -445,6 +790,7 @@ def agent(
         finally:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
+            await bidder.close()
         err.print(f"agent stopped (device {device_agent.device_id}, channel closed)")
 
     try:

@@ -22,10 +22,10 @@ from fogcoord.harvesting.service import FogHarvestingService
 from fogcoord.jobs.executor import SandboxExecutor
 from fogcoord.jobs.runner import JobRunner
 from fogcoord.marketplace.service import FogMarketplaceService
-from fogcoord.privacy.service import FogPrivacyService
 from fogcoord.orchestration.bus.inprocess import InProcessEventBus
 from fogcoord.orchestration.bus.protocol import EventBus
 from fogcoord.orchestration.service import FogOrchestrationService
+from fogcoord.privacy.service import FogPrivacyService
 from fogcoord.storage.service import StorageService
 from fogcoord.tokenomics.service import FogTokenomicsService
 

@@ -1,77 +1,312 @@
-"""``fogcoord demo``: the embedded coordinator, end to end over its real HTTP API.
+"""``fogcoord demo``: the main job of the product, end to end, on one machine.
 
-Today it is a smoke run: start the coordinator on a free loopback port, ask it over HTTP for its
-liveness, readiness and service registry with the first operator key, print them, and stop
-(or keep serving with ``--no-exit``). The compute-job demo builds on this.
+An embedded coordinator serves its real API on a loopback port; a workforce of real agents (some
+of which cheat) registers, bids in auctions and runs WebAssembly tasks; a requester submits two
+jobs from the examples (a Mandelbrot image rendered in tiles, a prime count over ranges); the
+coordinator auctions, verifies by replication, catches the cheaters and pays. The demo shows the
+progress, writes the image as a PNG, checks every answer against an independent computation,
+prints who was paid what, and verifies the ledger. Without ``--exit`` it keeps serving.
 """
 
 from __future__ import annotations
 
-from rich.console import Console
+import asyncio
+import base64
+import time
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
 
+import numpy as np
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from fogcoord.agent.workforce import Workforce
+from fogcoord.auth.models import PrincipalKind
 from fogcoord.client import FogClient
+from fogcoord.compute.examples import (
+    load_example,
+    mandelbrot_reference,
+    mandelbrot_tile_input,
+    primes_input,
+    primes_output,
+    primes_reference,
+)
 from fogcoord.config import FogConfig
+from fogcoord.contracts.jobs import JobState, JobSubmission, JobView
+from fogcoord.contracts.marketplace import MarketMetrics
 from fogcoord.coordinator import Coordinator
-from fogcoord.render import services_table
 from fogcoord.serve import serve
 
+IMAGE = (-2.2, -1.2, 1.0, 1.2)
+"""The plane rectangle (x0, y0, x1, y1) of the Mandelbrot image."""
 
-async def run_demo(config: FogConfig, console: Console, *, serve_after: bool = False) -> int:
-    """Run the smoke demo; the exit code is 0 only when every service was ready."""
-    ready_seen: list[bool] = []
+
+@dataclass(frozen=True)
+class DemoSize:
+    devices: int = 50
+    cheaters: int = 5
+    width: int = 768
+    height: int = 512
+    tile: int = 64
+    max_iter: int = 500
+    prime_ranges: int = 64
+    prime_span: int = 25_000
+
+
+SMALL = DemoSize(devices=12, cheaters=2, width=256, height=192, prime_ranges=16)
+
+
+async def run_demo(
+    config: FogConfig,
+    console: Console,
+    *,
+    serve_after: bool = False,
+    size: DemoSize | None = None,
+) -> int:
+    """Run the demo; 0 when every answer was right, every cheater caught and the ledger sound."""
+    outcome: list[bool] = []
+    # a short run: let devices earn trust (and lone work, and audits) after a few results
+    jobs_cfg = config.jobs.model_copy(update={"trusted_streak": 4})
+    config = config.model_copy(update={"jobs": jobs_cfg})
 
     async def on_ready(coord: Coordinator, port: int) -> bool:
-        ready_seen.append(await _show(coord, port, console))
+        outcome.append(await _demo(coord, port, console, size or DemoSize()))
         if serve_after:
-            console.print(f"serving http://127.0.0.1:{port} until Ctrl-C (docs at /docs)")
+            console.print(f"serving http://127.0.0.1:{port} until Ctrl-C (API docs at /docs)")
         return serve_after
 
     code = await serve(config, on_ready=on_ready)
-    return code or (0 if ready_seen and all(ready_seen) else 1)
+    return code or (0 if outcome and all(outcome) else 1)
 
 
-async def _show(coord: Coordinator, port: int, console: Console) -> bool:
+async def _demo(coord: Coordinator, port: int, console: Console, size: DemoSize) -> bool:
     url = f"http://127.0.0.1:{port}"
     bootstrap = coord.auth.bootstrap_key
-    key = bootstrap.key if bootstrap else coord.config.server.operator_key
-    async with FogClient(url, key) as fog:
-        live = await fog.healthz()
-        ready = await fog.readyz()
-        view = await fog.services() if key else None
-        who = await fog.whoami() if key else None
-    console.print(f"[bold]fogcoord {live.version}[/bold] on {url}: liveness {live.status}")
-    console.print(f"readiness: {'ready' if ready.ready else 'NOT ready'}")
-    for name, status in ready.services.items():
-        console.print(f"  {name}: {status.state.value} ({status.reason})")
-    if who is not None:
-        console.print(f"authenticated as {who.principal.kind.value} {who.principal.principal_id}")
-    if view is not None:
-        console.print(services_table(view))
-    else:
-        console.print("no operator key on this data directory: set server.operator_key")
-    if key:
-        await _ledger_tour(url, key, console)
-    if bootstrap is not None:
-        console.print(f"first operator key (shown once): {bootstrap.key}", highlight=False)
-    return ready.ready
+    operator = bootstrap.key if bootstrap else coord.config.server.operator_key
+    if not operator:
+        console.print("[red]no operator key on this data directory: set server.operator_key[/red]")
+        return False
+    started = time.perf_counter()
+    console.print(f"[bold]fogcoord demo[/bold]: coordinator on {url}")
+    workforce = Workforce(url, operator, size.devices, cheaters=size.cheaters)
+    try:
+        await workforce.start()
+        online = await workforce.wait_online()
+        console.print(
+            f"{online} of {size.devices} agents online ({size.cheaters} of them cheat); "
+            f"{len(workforce.pool.pids)} sandbox worker processes"
+        )
+        async with FogClient(url, operator) as admin:
+            issued = await admin.create_key(kind=PrincipalKind.REQUESTER, name="demo-requester")
+        async with FogClient(url, issued.key) as fog:
+            wallet = await fog.create_wallet()
+            console.print(f"requester wallet {wallet.wallet_id}: {wallet.balance} tokens")
+            mandel, tiles = _mandelbrot_job(size)
+            primes, ranges = _primes_job(size)
+            jobs = [await fog.submit_job(body) for body in (mandel, primes)]
+            final = await _watch(fog, jobs, console)
+            ok = await _check(fog, coord, final, tiles, ranges, size, console)
+            after = await fog.wallet(wallet.wallet_id)
+            metrics = await fog.market_metrics()
+        caught = _report(final, workforce.cheater_ids(), workforce.tasks_run(), metrics, console)
+        console.print(
+            f"requester spent {wallet.balance - after.balance} tokens "
+            f"(of {sum(j.held for j in final)} held in escrow)"
+        )
+        ledger_ok = await _verify_ledger(coord, console)
+        elapsed = time.perf_counter() - started
+        console.print(f"demo finished in {elapsed:.1f} s")
+        return ok and caught and ledger_ok
+    finally:
+        await workforce.stop()
 
 
-async def _ledger_tour(url: str, operator_key: str, console: Console) -> None:
-    """Two requesters open wallets and pay each other over the API; the ledger is checked."""
-    from fogcoord.auth.models import PrincipalKind
-
-    async with FogClient(url, operator_key) as admin:
-        alice_key = await admin.create_key(kind=PrincipalKind.REQUESTER, name="alice")
-        bob_key = await admin.create_key(kind=PrincipalKind.REQUESTER, name="bob")
-    async with FogClient(url, alice_key.key) as alice, FogClient(url, bob_key.key) as bob:
-        a = await alice.create_wallet()
-        b = await bob.create_wallet()
-        paid = await alice.send("demo-payment-1", a.wallet_id, b.wallet_id, "2.5", "demo")
-        again = await alice.send("demo-payment-1", a.wallet_id, b.wallet_id, "2.5", "demo")
-        a, b = await alice.wallet(a.wallet_id), await bob.wallet(b.wallet_id)
-        head = await alice.ledger()
-    console.print(
-        f"ledger: alice paid bob 2.5 tokens ({paid.status.value} in block {paid.block}); "
-        f"resending the same id: {again.status.value}"
+def _mandelbrot_job(size: DemoSize) -> tuple[JobSubmission, list[tuple[int, int, int, int]]]:
+    tiles = [
+        (x, y, min(size.tile, size.width - x), min(size.tile, size.height - y))
+        for y in range(0, size.height, size.tile)
+        for x in range(0, size.width, size.tile)
+    ]
+    inputs = [
+        mandelbrot_tile_input(*IMAGE, size.width, size.height, size.max_iter, x, y, w, h)
+        for x, y, w, h in tiles
+    ]
+    body = JobSubmission(
+        name="mandelbrot",
+        module_wat=load_example("mandelbrot").decode(),
+        inputs_b64=[base64.b64encode(i).decode() for i in inputs],
+        fuel_limit=400_000_000,
+        replication=2,
+        max_price_per_gflop=Decimal("0.01"),
+        deadline_seconds=600,
+        slots=size.devices - 1,
     )
-    console.print(f"  alice {a.balance} tokens, bob {b.balance} tokens; head block {head.block}")
+    return body, tiles
+
+
+def _primes_job(size: DemoSize) -> tuple[JobSubmission, list[tuple[int, int]]]:
+    start = 1_000_000
+    ranges = [
+        (start + i * size.prime_span, start + (i + 1) * size.prime_span)
+        for i in range(size.prime_ranges)
+    ]
+    body = JobSubmission(
+        name="primes",
+        module_wat=load_example("primes").decode(),
+        inputs_b64=[base64.b64encode(primes_input(lo, hi)).decode() for lo, hi in ranges],
+        fuel_limit=200_000_000,
+        replication=2,
+        max_price_per_gflop=Decimal("0.01"),
+        deadline_seconds=600,
+        slots=size.devices - 1,
+    )
+    return body, ranges
+
+
+async def _watch(fog: FogClient, jobs: list[JobView], console: Console) -> list[JobView]:
+    columns = (
+        TextColumn("{task.description:<12}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[state]:<10} replicas {task.fields[replicas]}"),
+        TimeElapsedColumn(),
+    )
+    current = list(jobs)
+    with Progress(*columns, console=console, transient=False) as progress:
+        bars = [
+            progress.add_task(j.name, total=j.tasks_total, state=j.state.value, replicas=0)
+            for j in jobs
+        ]
+        while True:
+            current = [await fog.job(j.job_id) for j in jobs]
+            for bar, view in zip(bars, current, strict=True):
+                done = view.tasks.get("verified", 0) + view.tasks.get("failed", 0)
+                progress.update(
+                    bar, completed=done, state=view.state.value, replicas=view.replicas_run
+                )
+            if all(v.state.terminal for v in current):
+                return current
+            await asyncio.sleep(0.2)
+
+
+async def _check(
+    fog: FogClient,
+    coord: Coordinator,
+    final: list[JobView],
+    tiles: list[tuple[int, int, int, int]],
+    ranges: list[tuple[int, int]],
+    size: DemoSize,
+    console: Console,
+) -> bool:
+    mandel, primes = final
+    if mandel.state is not JobState.SETTLED or primes.state is not JobState.SETTLED:
+        console.print(f"[red]jobs ended {mandel.state.value} / {primes.state.value}[/red]")
+        return False
+    image = np.zeros((size.height, size.width), dtype=np.uint8)
+    bad_tiles = 0
+    for i, (x, y, w, h) in enumerate(tiles):
+        data = await fog.job_output(mandel.job_id, i)
+        tile_input = mandelbrot_tile_input(
+            *IMAGE, size.width, size.height, size.max_iter, x, y, w, h
+        )
+        bad_tiles += data != mandelbrot_reference(tile_input)
+        image[y : y + h, x : x + w] = np.frombuffer(data, dtype=np.uint8).reshape(h, w)
+    path = coord.config.server.data_dir / "mandelbrot.png"
+    _write_png(image, path)
+    verdict = "[green]all equal[/green]" if not bad_tiles else f"[red]{bad_tiles} differ[/red]"
+    console.print(
+        f"mandelbrot: {len(tiles)} tiles assembled into {path.resolve()}; "
+        f"compared with numpy: {verdict}"
+    )
+    wrong = bad_tiles
+    total = 0
+    for i, (lo, hi) in enumerate(ranges):
+        data = await fog.job_output(primes.job_id, i)
+        count = primes_output(data)
+        total += count
+        wrong += count != primes_reference(lo, hi)
+    lo, hi = ranges[0][0], ranges[-1][1]
+    verdict = "[green]all correct[/green]" if not wrong else f"[red]{wrong} wrong[/red]"
+    console.print(f"primes: {total} primes in [{lo:,}, {hi:,}), checked by a sieve: {verdict}")
+    return wrong == 0
+
+
+def _write_png(image: np.ndarray[Any, np.dtype[np.uint8]], path: Path) -> None:
+    from PIL import Image
+
+    # iteration counts to a blue-gold palette: escape time reads better in colour than grey
+    t = image.astype(np.float32) / 255.0
+    rgb = np.stack(
+        [
+            np.clip(9 * (1 - t) * t**3 * 255 * 4, 0, 255),
+            np.clip(15 * (1 - t) ** 2 * t**2 * 255 * 2, 0, 255),
+            np.clip(8.5 * (1 - t) ** 3 * t * 255 * 3, 0, 255),
+        ],
+        axis=-1,
+    ).astype(np.uint8)
+    rgb[image == 255] = 0
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rgb, "RGB").save(path)
+
+
+def _report(
+    final: list[JobView],
+    cheaters: dict[str, str],
+    ran: dict[str, int],
+    metrics: MarketMetrics,
+    console: Console,
+) -> bool:
+    table = Table(title="jobs")
+    for col in ("job", "state", "tasks", "runs", "audits", "GFLOP", "price", "cost"):
+        table.add_column(col, justify="right" if col not in ("job", "state") else "left")
+    for j in final:
+        table.add_row(
+            j.name,
+            j.state.value,
+            str(j.tasks.get("verified", 0)),
+            str(j.replicas_run),
+            str(j.audits),
+            f"{j.fuel_verified / 1e9:.3f}",
+            str(j.clearing_price_per_gflop),
+            str(j.cost_so_far),
+        )
+    console.print(table)
+    roles = Table(title="tokens paid out of escrow, by role")
+    roles.add_column("role")
+    roles.add_column("tokens", justify="right")
+    for role, amount in metrics.revenue_by_role.items():
+        roles.add_row(role, str(amount))
+    console.print(roles)
+    caught = set().union(*(set(j.cheaters) for j in final))
+    idle = {d for d in cheaters if ran.get(d, 0) == 0}
+    missed = set(cheaters) - caught - idle
+    wrongly = caught - set(cheaters)
+    console.print(
+        f"cheaters: {len(cheaters)} in the workforce, {len(caught & set(cheaters))} caught"
+        + (f", {len(idle)} not hired by either auction" if idle else "")
+        + (f", [yellow]{len(missed)} ran tasks but were not caught[/yellow]" if missed else "")
+        + (f", [red]{len(wrongly)} honest devices flagged[/red]" if wrongly else "")
+    )
+    for device in sorted(caught):
+        how = cheaters.get(device, "[red]honest[/red]")
+        console.print(f"  {device} ({how}, {ran.get(device, 0)} tasks): pending pay voided")
+    return not wrongly
+
+
+async def _verify_ledger(coord: Coordinator, console: Console) -> bool:
+    from fogcoord.tokenomics.store import SqlLedgerStore
+    from fogcoord.tokenomics.verify import verify_ledger
+
+    report = await asyncio.to_thread(verify_ledger, SqlLedgerStore(coord.storage.engine))
+    if report.ok:
+        console.print(
+            f"[green]ledger verified[/green]: {report.transfers} transfers in "
+            f"{report.block_count} blocks, balances and hash chain agree"
+        )
+    else:
+        for problem in report.problems:
+            console.print(f"[red]{problem}[/red]")
+    return report.ok

@@ -41,6 +41,8 @@ class Cheat:
     mode: CheatMode
     rate: float = 1.0
     """Share of tasks cheated on (the rest are answered honestly)."""
+    salt: int = 1
+    """Makes this cheater's lies its own: independent cheaters do not agree by accident."""
 
 
 class TaskExecutor:
@@ -109,10 +111,10 @@ class TaskExecutor:
             while len(self._modules) > self._capacity:
                 self._modules.popitem(last=False)
             return module
-        module = self._modules.get(module_hash)
-        if module is not None:
+        cached = self._modules.get(module_hash)
+        if cached is not None:
             self._modules.move_to_end(module_hash)
-        return module
+        return cached
 
     def _maybe_cheat(self, receipt: WorkReceipt, output: bytes) -> tuple[WorkReceipt, bytes]:
         cheat = self.cheat
@@ -121,6 +123,8 @@ class TaskExecutor:
         if self._rng is not None and self._rng() >= cheat.rate:
             return receipt, output
         if cheat.mode is CheatMode.INFLATED_FUEL:
-            return receipt.model_copy(update={"fuel_used": receipt.fuel_used * 3 // 2 + 1}), output
-        forged = bytes(b ^ 0x5A for b in output) or b"\x00"
+            extra = receipt.fuel_used * (10 + cheat.salt % 90) // 100 + 1
+            return receipt.model_copy(update={"fuel_used": receipt.fuel_used + extra}), output
+        key = 1 + cheat.salt % 255
+        forged = bytes(b ^ key for b in output) or bytes([key])
         return receipt.model_copy(update={"output_hash": sha256_hex(forged)}), forged
