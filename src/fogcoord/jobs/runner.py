@@ -123,6 +123,7 @@ class JobRunner(ServiceBase):
         self._dirty_replicas: dict[str, Replica] = {}
         self._wake = asyncio.Event()
         self._outputs_pending: dict[str, bytes] = {}
+        self._flushing = asyncio.Lock()
         self._next_expiry = 0.0
 
     # --- lifecycle -----------------------------------------------------------------------------
@@ -484,6 +485,15 @@ class JobRunner(ServiceBase):
             sent.add(module_hash)
         elif replica.state == "assigned":
             self._lose(replica)
+
+    def device_gone(self, device_id: str) -> int:
+        """The device's channel closed: what it was running will not come back; reassign it."""
+        lost = [r for r in self._replicas.values() if r.device == device_id]
+        for r in lost:
+            if r.state == "assigned":
+                self._lose(r)
+        self._sent_modules.pop(device_id, None)
+        return len(lost)
 
     def _lose(self, replica: Replica) -> None:
         replica.state = "lost"
@@ -854,6 +864,8 @@ class JobRunner(ServiceBase):
                 )
             )
             owner = job.owners.get(device)
+            if owner and reward > 0 and tok.wallet_owner(owner) is None:
+                await tok.initialize_wallet(owner)
             if owner and reward > 0:
                 per_wallet[owner] = per_wallet.get(owner, Decimal(0)) + Decimal(repr(reward))
         if per_wallet:
@@ -943,6 +955,11 @@ class JobRunner(ServiceBase):
         }
 
     async def _flush(self) -> None:
+        # one flush at a time: a later snapshot must never commit before an earlier one
+        async with self._flushing:
+            await self._flush_once()
+
+    async def _flush_once(self) -> None:
         tasks = [t.row() for t in self._dirty_tasks.values()]
         new = [
             {
@@ -1100,12 +1117,15 @@ class JobRunner(ServiceBase):
                 output_hash=rr["output_hash"],
                 fuel=rr["fuel"],
             )
-            if r.state == "assigned":  # was out when the coordinator stopped: run it again
+            unsettled = task.state is not TaskState.VERIFIED and r.state in ("assigned", "returned")
+            if unsettled:
+                # out when the coordinator stopped, or back but not yet judged (outputs are kept
+                # only once verified): run it again
                 r.state = "lost"
                 self._dirty_replicas[r.replica_id] = r
             task.replicas.append(r)
             job.replicas_run += 1
-            job.audits += 1 if r.audit and r.replica_id.endswith(".1") else 0
+        job.audits = sum(1 for t in job.tasks if any(r.audit for r in t.replicas))
         self.jobs[job.job_id] = job
         if job.auction_id is not None and job.state not in (JobState.SUBMITTED, JobState.AUCTIONED):
             view = await (await self._market()).get_auction(job.auction_id)
@@ -1120,11 +1140,7 @@ class JobRunner(ServiceBase):
                 if task.fuel is not None and task.paid and job.price_micro is not None:
                     job.paid_micro += job.price_micro * task.fuel // FUEL_PER_GFLOP
             elif task.state is not TaskState.FAILED:
-                returned = task.returned()
-                task.quorum = max(job.replication, self.config.min_quorum)
-                task.needed = task.quorum if returned else 0
-                if returned:
-                    await self._evaluate(task)
+                task.needed = 0
                 self._queue(task)
         if job.state is JobState.SUBMITTED:
             await self._transition(

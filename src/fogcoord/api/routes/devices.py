@@ -214,6 +214,8 @@ async def channel(websocket: WebSocket, device_id: str) -> None:
         pass
     finally:
         coord.channels.disconnected(device_id, websocket)
+        if not coord.channels.is_connected(device_id):
+            coord.jobs.device_gone(device_id)
 
 
 async def _handle(coord: Coordinator, device_id: str, message: object) -> dict[str, object]:
