@@ -114,8 +114,12 @@ def demo(
     exit_after: Annotated[
         bool, typer.Option("--exit/--no-exit", help="stop after the run instead of serving")
     ] = False,
-    devices: Annotated[int, typer.Option(min=3, max=500, help="agents in the workforce")] = 50,
-    cheaters: Annotated[int, typer.Option(min=0, help="agents that cheat")] = 5,
+    devices: Annotated[
+        int | None, typer.Option(min=3, max=500, help="agents in the workforce [50; 12 small]")
+    ] = None,
+    cheaters: Annotated[
+        int | None, typer.Option(min=0, help="agents that cheat [5; 2 small]")
+    ] = None,
     small: Annotated[bool, typer.Option(help="a smaller image and fewer ranges")] = False,
 ) -> None:
     """Run the main job end to end: agents bid, compute, get checked and paid; then serve."""
@@ -124,14 +128,19 @@ def demo(
 
     from fogcoord.demo import SMALL, DemoSize, run_demo
 
-    if cheaters >= devices:
+    base = SMALL if small else DemoSize()
+    size = replace(
+        base,
+        devices=devices if devices is not None else base.devices,
+        cheaters=cheaters if cheaters is not None else base.cheaters,
+    )
+    if size.cheaters >= size.devices:
         err.print("--cheaters must be fewer than --devices")
         raise typer.Exit(2)
     if data_dir is None:
         data_dir = Path(tempfile.mkdtemp(prefix="fogcoord-demo-"))
     out.print(f"data directory: {data_dir}")
     cfg = _config(config, data_dir=data_dir, port=0)
-    size = replace(SMALL if small else DemoSize(), devices=devices, cheaters=cheaters)
     raise typer.Exit(asyncio.run(run_demo(cfg, out, serve_after=not exit_after, size=size)))
 
 
