@@ -86,7 +86,8 @@ def split_batch(
 ) -> BatchSplit:
     """Split a batch; ``job_validator_weights`` is what each validator earned earlier in the job."""
     v_ppm = percent_ppm(shares.validator_share_percent)
-    f_ppm = percent_ppm(shares.platform_fee_percent)
+    # shares are rounded one by one; never let two of them add up past the whole
+    f_ppm = min(percent_ppm(shares.platform_fee_percent), PPM - v_ppm)
     out = BatchSplit()
     pooled = 0
     for task in tasks:

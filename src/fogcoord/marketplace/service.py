@@ -130,6 +130,7 @@ class FogMarketplaceService(ServiceBase):
         self._supply_dirty = False
         self._refreshing = False
         self._planned: dict[str, dict[str, Any]] = {}
+        self._closed_rows: list[tuple[float, int, int, int | None]] = []
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -142,8 +143,11 @@ class FogMarketplaceService(ServiceBase):
     async def on_start(self) -> None:
         self._store = await asyncio.to_thread(SqlMarketStore, self._engine())
         rows = await asyncio.to_thread(self.store.load_auctions)
+        self._closed_rows = []
         for row in rows:
             self._restore(row)
+        for closed in sorted(self._closed_rows, key=lambda c: c[0]):
+            self.book.auction_closed(*closed)
         for role, amount in (await asyncio.to_thread(self.store.revenue_by_role)).items():
             self.book.paid(role, amount)
         for a in list(self._auctions.values()):
@@ -306,14 +310,16 @@ class FogMarketplaceService(ServiceBase):
         return AuctionId(auction_id)
 
     def _quote_for(self, req: ResourceRequest, now: float) -> Quoted:
+        spec = ResourceSpec(
+            gflop=req.gflop, storage_gb=req.storage_gb, network_bound=req.network_bound
+        )
         if req.quote_id is not None:
             quoted = self.pricer.honoured(req.quote_id, now)
             if quoted is None:
                 raise ValidationFailed("quote_id", "unknown or expired quote; ask for a new one")
+            if quoted.quote.spec != spec:
+                raise ValidationFailed("quote_id", "the quote priced other work than this request")
             return quoted
-        spec = ResourceSpec(
-            gflop=req.gflop, storage_gb=req.storage_gb, network_bound=req.network_bound
-        )
         return self.pricer.quote(spec, now)
 
     def _auction(self, auction_id: str) -> AuctionState:
@@ -329,7 +335,7 @@ class FogMarketplaceService(ServiceBase):
         now = self.clock.time()
         if a.status is AuctionStatus.OPEN and now >= a.closes_at:
             await self._settle(a, "expired")
-        if a.auction_id in self._settling:
+        if a.auction_id in self._settling or a.auction_id in self._planned:
             raise BidRefused(auction_id, "auction_settling", "the auction is being settled")
         standing = (await (await self._harvesting()).device_standing([bid.provider])).get(
             bid.provider
@@ -339,7 +345,7 @@ class FogMarketplaceService(ServiceBase):
         # everything from here to placing the ask runs without yielding: no interleaved bid or
         # settlement can see the auction half-updated
         a.check(bid.provider, standing.owner, price, self.clock.time())
-        if auction_id in self._settling:
+        if auction_id in self._settling or auction_id in self._planned:
             raise BidRefused(auction_id, "auction_settling", "the auction is being settled")
         if not standing.eligible:
             raise BidRefused(auction_id, "ineligible", "the device may not take work now")
@@ -418,6 +424,10 @@ class FogMarketplaceService(ServiceBase):
             del self._settling[a.auction_id]
 
     async def _settle_once(self, a: AuctionState, mode: str) -> AuctionResult | None:
+        planned = self._planned.get(a.auction_id)
+        if planned is not None:
+            # an earlier attempt decided and may have moved money: finish that decision
+            return await self._finish_settlement(a, planned)
         asks = list(a.asks.values())
         standing = {}
         if asks and mode != "cancelled":
@@ -451,7 +461,9 @@ class FogMarketplaceService(ServiceBase):
                 "owners": {w: standing[w].owner for w in c.winners},
             }
         # the plan is durable before money moves, so a crash here is finished on the next start
+        # and a retry after a failure finishes the same plan, never a new one
         await asyncio.to_thread(self.store.update_auction, a.auction_id, settling=json.dumps(plan))
+        self._planned[a.auction_id] = plan
         return await self._finish_settlement(a, plan)
 
     async def _finish_settlement(self, a: AuctionState, plan: dict[str, Any]) -> AuctionResult:
@@ -463,7 +475,7 @@ class FogMarketplaceService(ServiceBase):
             try:
                 await tok.capture_escrow(a.escrow_id, capture)
             except FogError as exc:
-                if exc.fields.get("step") != "capture":
+                if exc.fields.get("result") != "pending_transfer_expired":
                     raise
                 # the hold expired while the coordinator was away: the money is already back
                 status, capture = AuctionStatus.FAILED, 0
@@ -490,6 +502,7 @@ class FogMarketplaceService(ServiceBase):
             escrow_id=a.escrow_id,
         )
         owners = dict(plan.get("owners", {}))
+        settled_at = self.clock.time()
         await asyncio.to_thread(
             self.store.update_auction,
             a.auction_id,
@@ -498,11 +511,13 @@ class FogMarketplaceService(ServiceBase):
             owners=json.dumps(owners),
             settling=None,
             closed=status is AuctionStatus.FAILED,
+            settled_at=settled_at,
         )
+        self._planned.pop(a.auction_id, None)
         a.status, a.result = status, result
         a.price = price
         self._owners[a.escrow_id] = owners
-        self.book.auction_closed(self.clock.time(), a.slots, len(winners), price)
+        self.book.auction_closed(settled_at, a.slots, len(winners), price)
         self._reprice()
         if status is AuctionStatus.FAILED:
             self.emit(
@@ -699,6 +714,20 @@ class FogMarketplaceService(ServiceBase):
         await self._post_pending(a, tok)
         left = tok.escrow_available(a.escrow_id)
         await tok.close_escrow(a.escrow_id)
+        if left > 0:
+            await asyncio.to_thread(
+                self.store.add_payout,
+                {
+                    "transfer_id": f"refund:{a.escrow_id}:close",
+                    "escrow_id": a.escrow_id,
+                    "batch_id": "close",
+                    "role": "refund",
+                    "device": "",
+                    "wallet": a.wallet,
+                    "amount": left,
+                    "state": "paid",
+                },
+            )
         self.book.paid("refund", left)
         await asyncio.to_thread(self.store.update_auction, a.auction_id, closed=True)
         a.closed = True
@@ -816,7 +845,8 @@ class FogMarketplaceService(ServiceBase):
             a.result = AuctionResult.model_validate_json(row["result"])
             price = a.result.clearing_price_per_gflop
             a.price = int(price * _MICRO) if price is not None else None
-            self.book.auction_closed(a.opened_at, a.slots, len(a.result.winners), a.price)
+            closed_at = row.get("settled_at") or a.closes_at
+            self._closed_rows.append((closed_at, a.slots, len(a.result.winners), a.price))
         if row["owners"]:
             self._owners[a.escrow_id] = json.loads(row["owners"])
         if row["settling"] and a.result is None:

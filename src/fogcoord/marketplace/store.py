@@ -42,6 +42,7 @@ auctions_t = sa.Table(
     sa.Column("result", sa.Text, nullable=True),
     sa.Column("owners", sa.Text, nullable=True),
     sa.Column("closed", sa.Boolean, nullable=False, default=False),
+    sa.Column("settled_at", sa.Float, nullable=True),
     sa.Index("ix_market_auctions_status", "status"),
 )
 
@@ -103,7 +104,8 @@ class SqlMarketStore:
 
     def load_auctions(self) -> list[dict[str, Any]]:
         with self.engine.connect() as conn:
-            return [dict(r._mapping) for r in conn.execute(auctions_t.select())]
+            rows = conn.execute(auctions_t.select().order_by(auctions_t.c.opened_at))
+            return [dict(r._mapping) for r in rows]
 
     # --- payouts -------------------------------------------------------------------------------
 
@@ -167,6 +169,11 @@ class SqlMarketStore:
                         .where(payouts_t.c.transfer_id.in_(ids))
                         .values(state="pending" if pending else "paid")
                     )
+
+    def add_payout(self, row: dict[str, Any]) -> None:
+        """A payout made outside a batch (the refund of what is left when a job ends)."""
+        with self.engine.begin() as conn:
+            conn.execute(payouts_t.insert().values(**row))
 
     def set_payout_state(self, transfer_ids: Iterable[str], state: str) -> None:
         ids = list(transfer_ids)

@@ -119,11 +119,12 @@ class Ledger:
                 self._expiry_wake.clear()
                 sleeper = asyncio.ensure_future(self.clock.sleep(delay))
                 waker = asyncio.ensure_future(self._expiry_wake.wait())
-                _, undone = await asyncio.wait(
-                    {sleeper, waker}, return_when=asyncio.FIRST_COMPLETED
-                )
-                for task in undone:
-                    task.cancel()
+                try:
+                    await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    # also when this loop itself is cancelled: nothing may outlive the ledger
+                    sleeper.cancel()
+                    waker.cancel()
                 continue
             try:
                 await self.writer.tick()
