@@ -128,7 +128,9 @@ async def test_a_settlement_interrupted_after_its_plan_is_finished_on_restart(
         assert micro(view.result.captured) == 95_000
         assert m.balance(REQUESTER) == GRANT - 95_000
         assert m.pending_out(REQUESTER) == 0
-        assert stored(m, aid)["settling"] is None
+        row = stored(m, aid)
+        assert row["status"] == "settled"
+        assert json.loads(row["settling"])["winners"] == [d[0], d[1]]  # the plan is kept
         # and the winners are paid from it
         out = await m.pay(aid, aid, [task("t1", d[0], 10.0)], final=True)
         assert {k: micro(v) for k, v in out.providers.items()} == {d[0]: 8_075}
@@ -346,6 +348,7 @@ async def test_a_batch_interrupted_before_the_ledger_is_finished_by_the_next_cal
     assert (out.tasks_paid, out.tasks_already_paid) == (1, 1)
     assert m.escrow_balance(aid) == 100_000 - 20_000
     assert m.balance(m.owner_of(d[0])) - GRANT == 8_500
+    await m.mkt.flush()
     assert m.mkt.store.unfinished_batches() == []
 
 

@@ -345,19 +345,25 @@ class FogHarvestingService(ServiceBase):
 
     async def device_standing(self, device_ids: list[str]) -> dict[str, DeviceStanding]:
         reg = self.registry
+        rows_of = reg.rows
+        found = [(d, r) for d in device_ids if (r := rows_of.get(d)) is not None]
+        if not found:
+            return {}
+        rows = np.fromiter((r for _, r in found), dtype=np.int64, count=len(found))
         mask = suitability.eligible_mask(reg, self.selection_config)
+        eligible = mask[rows].tolist()
+        trust = reg.trust[rows].tolist()
+        meta = reg.meta
         out: dict[str, DeviceStanding] = {}
-        for d in device_ids:
-            r = reg.row(d)
-            if r is not None:
-                meta = reg.meta[r]
-                out[d] = DeviceStanding(
-                    device_id=d,
-                    eligible=bool(mask[r]),
-                    owner=meta.owner if meta is not None else "",
-                    trust=float(reg.trust[r]),
-                    public_key=meta.public_key if meta is not None else "",
-                )
+        for i, (d, r) in enumerate(found):
+            m = meta[r]
+            out[d] = DeviceStanding(
+                d,
+                eligible[i],
+                m.owner if m is not None else "",
+                trust[i],
+                m.public_key if m is not None else "",
+            )
         return out
 
     async def count_eligible(self) -> int:

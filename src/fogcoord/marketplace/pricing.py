@@ -29,6 +29,8 @@ from fogcoord.config import PricingConfig
 from fogcoord.contracts.marketplace import PricingQuote, ResourceSpec
 from fogcoord.contracts.units import MICRO_PER_TOKEN
 
+MAX_QUOTES = 50_000
+"""Unexpired quotes kept at most; beyond it the oldest is forgotten early."""
 _ONE = Decimal(1)
 _MICRO = Decimal(MICRO_PER_TOKEN)
 
@@ -99,8 +101,7 @@ class Pricer:
             expires_at=expires,
         )
         quoted = Quoted(quote, price)
-        if len(self._quotes) >= 50_000:
-            self.prune(now)
+        self.prune(now)
         self._quotes[quote.quote_id] = (quoted, expires)
         return quoted
 
@@ -112,8 +113,11 @@ class Pricer:
         return entry[0]
 
     def prune(self, now: float) -> None:
-        for qid in [q for q, (_, exp) in self._quotes.items() if exp < now]:
-            del self._quotes[qid]
-        while len(self._quotes) >= 50_000:
-            # still full of live quotes: drop the oldest rather than grow without bound
-            del self._quotes[next(iter(self._quotes))]
+        # every quote lives the same TTL, so insertion order is expiry order: expired quotes
+        # are always at the front, and pruning costs only what it removes
+        quotes = self._quotes
+        while quotes:
+            oldest = next(iter(quotes))
+            if quotes[oldest][1] >= now and len(quotes) < MAX_QUOTES:
+                break
+            del quotes[oldest]

@@ -10,6 +10,7 @@ verified, and whatever was not earned goes back when the job ends.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import logging
@@ -125,7 +126,13 @@ class FogMarketplaceService(ServiceBase):
         self._settling: dict[str, asyncio.Future[AuctionResult | None]] = {}
         self._owners: dict[str, dict[str, str]] = {}
         self._paid: dict[str, dict[str, int]] = {}
-        self._payouts: dict[str, list[dict[str, Any]]] = {}
+        self._payouts: dict[str, dict[str, dict[str, Any]]] = {}
+        """escrow -> transfer id -> payout row"""
+        self._vweights: dict[str, dict[str, int]] = {}
+        """escrow -> validator device -> what it has validated so far (not voided)"""
+        self._unfinished: dict[str, dict[str, list[Leg]]] = {}
+        """escrow -> batch id -> legs of batches recorded but not yet known paid"""
+        self._last_write: asyncio.Task[None] | None = None
         self._locks: dict[str, asyncio.Lock] = {}
         self._supply_dirty = False
         self._refreshing = False
@@ -155,12 +162,14 @@ class FogMarketplaceService(ServiceBase):
                 await self._finish_settlement(a, self._planned.pop(a.auction_id))
         for batch in await asyncio.to_thread(self.store.unfinished_batches):
             await self._drive_batch(batch["escrow_id"], batch["batch_id"], _legs(batch["legs"]))
+        await self.flush()
         self._background_task(self._expiry_loop())
         await self.refresh_market()
 
     async def on_stop(self) -> None:
         for task in list(self._background):
             task.cancel()
+        await self.flush()
 
     async def check_health(self) -> HealthStatus:
         open_ = sum(1 for a in self._auctions.values() if a.status is AuctionStatus.OPEN)
@@ -503,13 +512,13 @@ class FogMarketplaceService(ServiceBase):
         )
         owners = dict(plan.get("owners", {}))
         settled_at = self.clock.time()
-        await asyncio.to_thread(
+        # winners and owners stay in the stored plan; the result row is written without them,
+        # so a 10,000-winner auction is not written twice
+        await self._write(
             self.store.update_auction,
             a.auction_id,
             status=status.value,
-            result=result.model_dump_json(),
-            owners=json.dumps(owners),
-            settling=None,
+            result=result.model_copy(update={"winners": ()}).model_dump_json(),
             closed=status is AuctionStatus.FAILED,
             settled_at=settled_at,
         )
@@ -539,6 +548,29 @@ class FogMarketplaceService(ServiceBase):
             )
         return result
 
+    # --- ordered store writes --------------------------------------------------------------
+
+    def _write_later(self, fn: Callable[..., Any], *args: Any) -> asyncio.Task[None]:
+        """Queue a store write after every earlier one; writes land in the order issued."""
+        previous = self._last_write
+
+        async def run() -> None:
+            if previous is not None:
+                await asyncio.gather(previous, return_exceptions=True)
+            await asyncio.to_thread(fn, *args)
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._last_write = task
+        return task
+
+    async def flush(self) -> None:
+        """Wait until every store write issued so far has landed."""
+        if self._last_write is not None:
+            await asyncio.gather(self._last_write, return_exceptions=True)
+
+    async def _write(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        await self._write_later(functools.partial(fn, *args, **kwargs))
+
     # --- revenue -------------------------------------------------------------------------------
 
     async def distribute_revenue(self, completed_job: CompletedJob) -> RevenueDistribution:
@@ -556,11 +588,9 @@ class FogMarketplaceService(ServiceBase):
         escrow = a.escrow_id
         tok = await self._tokenomics()
         paid = await self._paid_tasks(escrow)
-        payouts = await self._payout_rows(escrow)
-        for row in [r for r in payouts if r["state"] == "intent"]:
+        await self._payout_rows(escrow)
+        for batch, legs in list(self._unfinished.get(escrow, {}).items()):
             # an earlier call stopped between its intent and the ledger: finish it first
-            batch = row["batch_id"]
-            legs = [_leg_of(r) for r in payouts if r["batch_id"] == batch]
             await self._drive_batch(escrow, batch, legs)
         fresh: dict[str, CompletedTask] = {}
         already = 0
@@ -596,10 +626,7 @@ class FogMarketplaceService(ServiceBase):
     ) -> RevenueDistribution:
         escrow = a.escrow_id
         assert a.price is not None
-        weights: dict[str, int] = {}
-        for row in self._payouts.get(escrow, []):
-            if row["role"] == "validator" and row["state"] != "voided":
-                weights[row["device"]] = weights.get(row["device"], 0) + row["amount"]
+        weights = self._vweights.setdefault(escrow, {})
         split = split_batch(tasks, a.price, self.config.revenue_sharing, weights)
         total = split.total
         available = tok.escrow_available(escrow)
@@ -625,12 +652,15 @@ class FogMarketplaceService(ServiceBase):
         if split.refund:
             tid = payout_id(escrow, batch, "refund", "")
             legs.append((tid, "refund", "", a.wallet, split.refund, False))
-        await asyncio.to_thread(
+        # the intent is durable before money moves: a retry, in this process or after a
+        # restart, finishes exactly these legs and claims exactly these tasks
+        await self._write(
             self.store.record_batch, batch, escrow, job.job_id, self.clock.time(), legs, split.gross
         )
         self._paid[escrow].update(split.gross)
-        self._payouts[escrow].extend(
-            {
+        rows = self._payouts[escrow]
+        for leg in legs:
+            rows[leg[0]] = {
                 "transfer_id": leg[0],
                 "batch_id": batch,
                 "role": leg[1],
@@ -640,8 +670,9 @@ class FogMarketplaceService(ServiceBase):
                 "state": "intent",
                 "pending": leg[5],
             }
-            for leg in legs
-        )
+            if leg[1] == "validator":
+                weights[leg[2]] = weights.get(leg[2], 0) + leg[4]
+        self._unfinished.setdefault(escrow, {})[batch] = legs
         await self._drive_batch(escrow, batch, legs)
         self.emit(
             RevenueDistributed(
@@ -682,11 +713,15 @@ class FogMarketplaceService(ServiceBase):
                 for tid, role, _, wallet, amount, pending in legs
             ],
         )
-        await asyncio.to_thread(self.store.batch_paid, batch, legs)
-        states = {leg[0]: ("pending" if leg[5] else "paid") for leg in legs}
-        for row in self._payouts.get(escrow, []):
-            if row["transfer_id"] in states:
-                row["state"] = states[row["transfer_id"]]
+        # "paid" is bookkeeping: the intent and the ledger already make a retry safe, so it is
+        # written behind instead of costing the caller another synced commit
+        self._write_later(self.store.batch_paid, batch, legs)
+        self._unfinished.get(escrow, {}).pop(batch, None)
+        rows = self._payouts.get(escrow, {})
+        for leg in legs:
+            row = rows.get(leg[0])
+            if row is not None and row["state"] == "intent":
+                row["state"] = "pending" if leg[5] else "paid"
         for _, role, _, _, amount, pending in legs:
             if not pending:
                 self.book.paid(role, amount)
@@ -694,16 +729,19 @@ class FogMarketplaceService(ServiceBase):
     async def _void(self, a: AuctionState, devices: set[str], tok: TokenomicsProtocol) -> Decimal:
         rows = [
             r
-            for r in self._payouts.get(a.escrow_id, [])
+            for r in self._payouts.get(a.escrow_id, {}).values()
             if r["state"] == "pending" and r["device"] in devices
         ]
         if not rows:
             return Decimal(0)
         ids = [r["transfer_id"] for r in rows]
         await tok.settle_escrow_payouts(a.escrow_id, [], ids)
-        await asyncio.to_thread(self.store.set_payout_state, ids, "voided")
+        await self._write(self.store.set_payout_state, ids, "voided")
+        weights = self._vweights.setdefault(a.escrow_id, {})
         for r in rows:
             r["state"] = "voided"
+            if r["role"] == "validator":
+                weights[r["device"]] = weights.get(r["device"], 0) - r["amount"]
         return tokens(sum(r["amount"] for r in rows))
 
     async def _close(self, a: AuctionState, void: set[str], tok: TokenomicsProtocol) -> Decimal:
@@ -715,7 +753,7 @@ class FogMarketplaceService(ServiceBase):
         left = tok.escrow_available(a.escrow_id)
         await tok.close_escrow(a.escrow_id)
         if left > 0:
-            await asyncio.to_thread(
+            await self._write(
                 self.store.add_payout,
                 {
                     "transfer_id": f"refund:{a.escrow_id}:close",
@@ -729,16 +767,16 @@ class FogMarketplaceService(ServiceBase):
                 },
             )
         self.book.paid("refund", left)
-        await asyncio.to_thread(self.store.update_auction, a.auction_id, closed=True)
+        await self._write(self.store.update_auction, a.auction_id, closed=True)
         a.closed = True
         return tokens(left)
 
     async def _post_pending(self, a: AuctionState, tok: TokenomicsProtocol) -> None:
-        rows = [r for r in self._payouts.get(a.escrow_id, []) if r["state"] == "pending"]
+        rows = [r for r in self._payouts.get(a.escrow_id, {}).values() if r["state"] == "pending"]
         ids = [r["transfer_id"] for r in rows]
         if ids:
             await tok.settle_escrow_payouts(a.escrow_id, ids, [])
-            await asyncio.to_thread(self.store.set_payout_state, ids, "posted")
+            await self._write(self.store.set_payout_state, ids, "posted")
             for r in rows:
                 r["state"] = "posted"
                 self.book.paid(r["role"], r["amount"])
@@ -765,12 +803,21 @@ class FogMarketplaceService(ServiceBase):
             self._paid[escrow] = await asyncio.to_thread(self.store.paid_tasks, escrow)
         return self._paid[escrow]
 
-    async def _payout_rows(self, escrow: str) -> list[dict[str, Any]]:
+    async def _payout_rows(self, escrow: str) -> dict[str, dict[str, Any]]:
         if escrow not in self._payouts:
             rows = await asyncio.to_thread(self.store.payouts, escrow)
+            weights = self._vweights.setdefault(escrow, {})
+            unfinished: dict[str, list[Leg]] = {}
             for r in rows:
                 r["pending"] = r["state"] == "pending"
-            self._payouts[escrow] = rows
+                if r["role"] == "validator" and r["state"] != "voided":
+                    weights[r["device"]] = weights.get(r["device"], 0) + r["amount"]
+            for r in rows:
+                if r["state"] == "intent":
+                    unfinished.setdefault(r["batch_id"], []).append(_leg_of(r))
+            if unfinished:
+                self._unfinished[escrow] = unfinished
+            self._payouts[escrow] = {r["transfer_id"]: r for r in rows}
         return self._payouts[escrow]
 
     # --- reading -------------------------------------------------------------------------------
@@ -841,16 +888,19 @@ class FogMarketplaceService(ServiceBase):
             status=AuctionStatus(row["status"]),
         )
         a.closed = bool(row["closed"])
+        plan = json.loads(row["settling"]) if row["settling"] else None
         if row["result"]:
             a.result = AuctionResult.model_validate_json(row["result"])
+            if plan is not None and a.result.status != AuctionStatus.FAILED.value:
+                a.result = a.result.model_copy(update={"winners": tuple(plan.get("winners", ()))})
             price = a.result.clearing_price_per_gflop
             a.price = int(price * _MICRO) if price is not None else None
             closed_at = row.get("settled_at") or a.closes_at
             self._closed_rows.append((closed_at, a.slots, len(a.result.winners), a.price))
-        if row["owners"]:
-            self._owners[a.escrow_id] = json.loads(row["owners"])
-        if row["settling"] and a.result is None:
-            self._planned[a.auction_id] = json.loads(row["settling"])
+            if plan is not None:
+                self._owners[a.escrow_id] = dict(plan.get("owners", {}))
+        elif plan is not None:
+            self._planned[a.auction_id] = plan
         self._auctions[a.auction_id] = a
         self._by_escrow[a.escrow_id] = a.auction_id
 
