@@ -20,4 +20,6 @@ MODULES: tuple[str, ...] = (
     "benchmarks.ledger_rewards",
     "benchmarks.harvesting",
     "benchmarks.harvesting_fleet",
+    "benchmarks.market",
+    "benchmarks.compute_fuel",
 )

@@ -37,6 +37,11 @@ ISSUE_FIGURES = {
     "harvesting.rss_per_device",
     "harvesting.fleet_10k.p50",
     "harvesting.fleet_10k.p99",
+    "market.price_quote",
+    "market.settle_10k",
+    "market.revenue_settlement.p50",
+    "market.revenue_settlement.p99",
+    "compute.fuel_overhead",
 }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections.abc import Awaitable
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -391,10 +392,8 @@ def ledger_verify(config: ConfigOpt = None) -> None:
     out.print("[green]ledger verified: balances, double entry and block chain agree[/green]")
 
 
-def _decimal(option: str, value: str) -> Any:
+def _decimal(option: str, value: str) -> Decimal:
     """``value`` as a Decimal, or exit 2 naming ``option`` (floats would lose micro-tokens)."""
-    from decimal import Decimal, InvalidOperation
-
     try:
         number = Decimal(value)
     except InvalidOperation:
@@ -763,8 +762,11 @@ def agent(
         bool, typer.Option("--only-when-charging", help="bid only while plugged in")
     ] = False,
     no_bid: Annotated[bool, typer.Option("--no-bid", help="never bid in auctions")] = False,
+    workers: Annotated[
+        int, typer.Option(min=1, max=64, help="sandbox processes running tasks at once")
+    ] = 1,
 ) -> None:
-    """Offer this machine as a device: register once, then heartbeat (and bid) until Ctrl-C."""
+    """Offer this machine as a device: register, heartbeat, bid and run tasks until Ctrl-C."""
     import logging
     import os
     import signal
@@ -789,8 +791,13 @@ def agent(
     _agent_logging(logging.DEBUG if verbose else logging.INFO)
 
     async def main() -> None:
+        from fogcoord.agent.tasks import TaskExecutor
+        from fogcoord.compute.worker import WorkerPool
+
         device_agent = Agent(url, owner_key, state_dir, interval=interval, region=region)
         bidder = AutoBidder(device_agent, policy)
+        pool = WorkerPool(workers)
+        device_agent.on("task", TaskExecutor(lambda: device_agent.identity, pool))
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, device_agent.stop)
@@ -800,6 +807,7 @@ def agent(
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
             await bidder.close()
+            pool.close()
         err.print(f"agent stopped (device {device_agent.device_id}, channel closed)")
 
     try:

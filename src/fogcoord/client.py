@@ -13,11 +13,15 @@ import os
 from decimal import Decimal
 from types import TracebackType
 from typing import Any, Self, TypeVar
+from urllib.parse import quote as _quote
 
 import httpx
 from pydantic import BaseModel, TypeAdapter
 
 from fogcoord.api.schemas import (
+    AuctionCreate,
+    BidCreate,
+    BidPlaced,
     DeviceRegistered,
     DeviceRegistration,
     DeviceView,
@@ -25,6 +29,7 @@ from fogcoord.api.schemas import (
     KeyCreate,
     LedgerHead,
     Liveness,
+    QuoteRequest,
     Readiness,
     ServicesView,
     TransferCreate,
@@ -33,6 +38,15 @@ from fogcoord.api.schemas import (
 )
 from fogcoord.auth.models import ApiKeyInfo, IssuedKey, PrincipalKind, Scope
 from fogcoord.contracts.harvesting import DeviceCapability, DeviceHealth, SuitabilityScore
+from fogcoord.contracts.jobs import JobSubmission, JobView, TaskView
+from fogcoord.contracts.marketplace import (
+    Ask,
+    AuctionResult,
+    AuctionStatus,
+    AuctionView,
+    MarketMetrics,
+    PricingQuote,
+)
 from fogcoord.contracts.tokenomics import EscrowHold, Transaction, TransactionResult, WalletInfo
 
 M = TypeVar("M", bound=BaseModel)
@@ -243,3 +257,140 @@ class FogClient:
 
     async def suitability(self, device_id: str) -> SuitabilityScore:
         return await self._get(SuitabilityScore, f"/v1/devices/{device_id}/suitability")
+
+    # --- market --------------------------------------------------------------------------------
+
+    async def quote(
+        self, gflop: float, *, storage_gb: float = 0.0, network_bound: bool = False
+    ) -> PricingQuote:
+        body = QuoteRequest(gflop=gflop, storage_gb=storage_gb, network_bound=network_bound)
+        data = await self.request("POST", "/v1/quotes", json=body.model_dump(mode="json"))
+        return PricingQuote.model_validate(data)
+
+    async def create_auction(
+        self,
+        slots: int,
+        gflop: float,
+        max_price_per_gflop: Decimal | str,
+        *,
+        duration_minutes: float | None = None,
+        allow_partial: bool = False,
+        job_id: str | None = None,
+        wallet: str | None = None,
+        quote_id: str | None = None,
+        storage_gb: float = 0.0,
+        network_bound: bool = False,
+    ) -> AuctionView:
+        """Open a reverse auction as this client's principal, paying from ``wallet``."""
+        body = AuctionCreate(
+            slots=slots,
+            gflop=gflop,
+            max_price_per_gflop=Decimal(max_price_per_gflop),
+            duration_minutes=duration_minutes,
+            allow_partial=allow_partial,
+            job_id=job_id,
+            wallet=wallet,
+            quote_id=quote_id,
+            storage_gb=storage_gb,
+            network_bound=network_bound,
+        )
+        data = await self.request(
+            "POST", "/v1/auctions", json=body.model_dump(mode="json", exclude_none=True)
+        )
+        return AuctionView.model_validate(data)
+
+    async def auctions(
+        self, status: AuctionStatus | str | None = None, *, limit: int = 100
+    ) -> list[AuctionView]:
+        params: dict[str, Any] = {"limit": limit}
+        if status is not None:
+            params["status"] = AuctionStatus(status).value
+        data = await self.request("GET", "/v1/auctions", params=params)
+        return TypeAdapter(list[AuctionView]).validate_python(data)
+
+    async def auction(self, auction_id: str) -> AuctionView:
+        return await self._get(AuctionView, _auction_path(auction_id))
+
+    async def asks(self, auction_id: str) -> list[Ask]:
+        """The asks of one of this principal's auctions, best first."""
+        data = await self.request("GET", f"{_auction_path(auction_id)}/asks")
+        return TypeAdapter(list[Ask]).validate_python(data)
+
+    async def submit_bid(
+        self, auction_id: str, provider: str, price_per_gflop: Decimal | str
+    ) -> BidPlaced:
+        """Ask ``price_per_gflop`` for device ``provider``; a refused ask is a 409 ``bid_refused``
+        :class:`FogApiError` whose ``body["rule"]`` names the rule it broke."""
+        body = BidCreate(provider=provider, price_per_gflop=Decimal(price_per_gflop))
+        data = await self.request(
+            "POST", f"{_auction_path(auction_id)}/bids", json=body.model_dump(mode="json")
+        )
+        return BidPlaced.model_validate(data)
+
+    async def settle_auction(self, auction_id: str) -> AuctionResult:
+        data = await self.request("POST", f"{_auction_path(auction_id)}/settle")
+        return AuctionResult.model_validate(data)
+
+    async def cancel_auction(self, auction_id: str) -> AuctionResult:
+        data = await self.request("POST", f"{_auction_path(auction_id)}/cancel")
+        return AuctionResult.model_validate(data)
+
+    async def market_metrics(self) -> MarketMetrics:
+        return await self._get(MarketMetrics, "/v1/market/metrics")
+
+    # --- jobs ----------------------------------------------------------------------------------
+
+    async def submit_job(self, body: JobSubmission) -> JobView:
+        data = await self.request("POST", "/v1/jobs", json=body.model_dump(mode="json"))
+        return JobView.model_validate(data)
+
+    async def jobs(self, state: str | None = None) -> list[JobView]:
+        params = {"state": state} if state else {}
+        data = await self.request("GET", "/v1/jobs", params=params)
+        return [JobView.model_validate(j) for j in data]
+
+    async def job(self, job_id: str) -> JobView:
+        return await self._get(JobView, _job_path(job_id))
+
+    async def job_tasks(self, job_id: str, offset: int = 0, limit: int = 1000) -> list[TaskView]:
+        data = await self.request(
+            "GET", f"{_job_path(job_id)}/tasks", params={"offset": offset, "limit": limit}
+        )
+        return [TaskView.model_validate(t) for t in data]
+
+    async def job_output(self, job_id: str, index: int) -> bytes:
+        """The verified output of task ``index``, as the raw bytes the module wrote."""
+        return await self.request_bytes("GET", f"{_job_path(job_id)}/tasks/{int(index)}/output")
+
+    async def job_results(self, job_id: str) -> bytes:
+        """Every verified output and a manifest, as a zip archive."""
+        return await self.request_bytes("GET", f"{_job_path(job_id)}/results")
+
+    async def cancel_job(self, job_id: str) -> JobView:
+        data = await self.request("POST", f"{_job_path(job_id)}/cancel")
+        return JobView.model_validate(data)
+
+    async def request_bytes(self, method: str, path: str, **kwargs: Any) -> bytes:
+        """Like :meth:`request`, for endpoints that answer raw bytes."""
+        response = await self._http.request(method, path, **kwargs)
+        if response.status_code >= 400:
+            try:
+                body = response.json()
+            except ValueError:
+                body = {"error": "http_error", "detail": response.text}
+            raise FogApiError(
+                response.status_code,
+                str(body.get("error", "http_error")),
+                str(body.get("detail", "")),
+                body,
+            )
+        return response.content
+
+
+def _job_path(job_id: str) -> str:
+    return f"/v1/jobs/{_quote(job_id, safe='')}"
+
+
+def _auction_path(auction_id: str) -> str:
+    # an id is data, never more path: "../keys" must not reach another route
+    return f"/v1/auctions/{_quote(auction_id, safe='')}"

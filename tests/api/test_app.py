@@ -30,7 +30,15 @@ async def test_probes_are_open(api: tuple[Coordinator, FogClient, str]) -> None:
         assert (await client.healthz()).status == "ok"
         ready = await client.readyz()
     assert ready.ready
-    assert set(ready.services) == {"storage", "auth", "tokenomics", "harvesting"}
+    assert set(ready.services) == {
+        "storage",
+        "auth",
+        "tokenomics",
+        "harvesting",
+        "marketplace",
+        "privacy",
+        "jobs",
+    }
 
 
 async def test_readyz_is_503_when_a_service_is_critical(
@@ -49,8 +57,13 @@ async def test_services_lists_registry_with_health_and_breakers(
     _, client, _ = api
     view = await client.services()
     ids = [s.service_id for s in view.services]
-    assert ids == ["storage", "auth", "harvesting", "tokenomics"]
-    assert view.start_levels == [["storage"], ["auth", "harvesting", "tokenomics"]]
+    assert ids == ["privacy", "storage", "auth", "harvesting", "tokenomics", "marketplace", "jobs"]
+    assert view.start_levels == [
+        ["privacy", "storage"],
+        ["auth", "harvesting", "tokenomics"],
+        ["marketplace"],
+        ["jobs"],
+    ]
     assert all(s.breaker.value == "closed" for s in view.services)
     assert all(s.health is not None and s.health.state.value == "passing" for s in view.services)
 

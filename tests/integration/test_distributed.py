@@ -41,6 +41,9 @@ async def test_coordinator_runs_on_nats_and_postgres(
             "auth": HealthState.PASSING,
             "tokenomics": HealthState.PASSING,
             "harvesting": HealthState.PASSING,
+            "marketplace": HealthState.PASSING,
+            "privacy": HealthState.PASSING,
+            "jobs": HealthState.PASSING,
         }
         assert coord.storage.backend == "postgresql"
         bootstrap = coord.auth.bootstrap_key

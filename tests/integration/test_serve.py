@@ -116,10 +116,3 @@ def test_serve_refuses_a_bad_config_naming_the_key(tmp_path: Path) -> None:
     result = cli("serve", "--config", str(bad), "--port", "0")
     assert result.returncode == 2
     assert "bus.url" in result.stderr
-
-
-def test_demo_smoke_run(tmp_path: Path) -> None:
-    result = cli("demo", "--exit", "--data-dir", str(tmp_path / "demo"))
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "readiness: ready" in result.stdout
-    assert "storage" in result.stdout

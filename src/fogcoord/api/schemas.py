@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from fogcoord.auth.models import Principal, PrincipalKind, Scope
 from fogcoord.contracts.harvesting import DeviceCapability, DeviceHealth, NetworkType
 from fogcoord.contracts.lifecycle import HealthStatus
+from fogcoord.contracts.marketplace import AuctionView, ResourceSpec
 from fogcoord.contracts.orchestration import ServiceEntry
 
 
@@ -123,3 +124,62 @@ class Heartbeat(BaseModel):
 class DeviceView(BaseModel):
     device: DeviceCapability
     health: DeviceHealth
+
+
+# --- marketplace -------------------------------------------------------------------------------
+
+
+MIN_GFLOP = 1e-6
+"""Less work than this prices one micro-token over a vanishing amount: a price per GFLOP beyond
+any arithmetic the market does, so it is refused as input."""
+MAX_PRICE = Decimal(1_000_000)
+"""Tokens per GFLOP: far above any market price, and within the integer range prices are kept in."""
+
+
+class QuoteRequest(ResourceSpec):
+    """A resource spec whose misspelt fields are refused rather than silently priced as 0."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    gflop: float = Field(ge=MIN_GFLOP, le=1e12, description="amount of verified work, GFLOP")
+
+
+class AuctionCreate(BaseModel):
+    """What a requester sends to open a reverse auction (the requester is the caller)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    slots: int = Field(ge=1, le=100_000, description="devices to buy")
+    gflop: float = Field(ge=MIN_GFLOP, le=1e12, description="work to buy, GFLOP")
+    # prices are whole micro-tokens: more than 6 decimals is refused, never rounded
+    max_price_per_gflop: Decimal = Field(
+        gt=0, le=MAX_PRICE, decimal_places=6, description="ceiling, tokens per GFLOP"
+    )
+    duration_minutes: float | None = Field(None, gt=0, le=10_080)
+    allow_partial: bool = False
+    job_id: str | None = Field(None, pattern=r"^[A-Za-z0-9_.:@-]{1,64}$")
+    wallet: str | None = Field(
+        None, min_length=1, max_length=64, description="paying wallet (default: the caller's)"
+    )
+    quote_id: str | None = Field(
+        None, min_length=1, max_length=128, description="an unexpired quote to price from"
+    )
+    storage_gb: float = Field(0.0, ge=0, le=1e6)
+    network_bound: bool = False
+
+
+class BidCreate(BaseModel):
+    """An ask for one device: the caller is that device, its owner or an operator."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    provider: str = Field(pattern=r"^[A-Za-z0-9_.@-]{1,64}$", description="device id")
+    price_per_gflop: Decimal = Field(
+        gt=0, le=MAX_PRICE, decimal_places=6, description="tokens per GFLOP"
+    )
+
+
+class BidPlaced(AuctionView):
+    """The auction after an accepted ask (settled already when it was the (N+1)-th)."""
+
+    accepted: bool = True

@@ -39,6 +39,7 @@ DEFAULT_SCOPES: dict[PrincipalKind, frozenset[Scope]] = {
             Scope.JOBS_WRITE,
             Scope.MARKET_READ,
             Scope.MARKET_WRITE,
+            Scope.MARKET_BID,
             Scope.STATS_READ,
             Scope.STUDIES_WRITE,
             Scope.DEVICES_WRITE,

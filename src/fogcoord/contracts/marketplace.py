@@ -21,7 +21,7 @@ AuctionId = NewType("AuctionId", str)
 class ResourceSpec(BaseModel):
     model_config = ConfigDict(frozen=True)
 
-    gflop: float = Field(gt=0, le=1e12, description="amount of verified work, GFLOP")
+    gflop: float = Field(ge=1e-6, le=1e12, description="amount of verified work, GFLOP")
     storage_gb: float = Field(default=0.0, ge=0, le=1e6)
     network_bound: bool = False
 
@@ -49,8 +49,10 @@ class ResourceRequest(BaseModel):
 
     requester: str = Field(description="principal buying; cannot also bid")
     slots: int = Field(ge=1, le=100_000)
-    gflop: float = Field(gt=0, le=1e12, description="work to buy, GFLOP")
-    max_price_per_gflop: Decimal = Field(gt=0, description="ceiling, tokens per GFLOP")
+    gflop: float = Field(ge=1e-6, le=1e12, description="work to buy, GFLOP")
+    max_price_per_gflop: Decimal = Field(
+        gt=0, le=1_000_000, description="ceiling, tokens per GFLOP"
+    )
     duration_minutes: float | None = Field(default=None, gt=0)
     allow_partial: bool = False
     job_id: str | None = Field(
@@ -68,7 +70,7 @@ class ResourceBid(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     provider: str = Field(min_length=1, description="device id that would do the work")
-    price_per_gflop: Decimal = Field(gt=0)
+    price_per_gflop: Decimal = Field(gt=0, le=1_000_000)
 
 
 class AuctionStatus(StrEnum):
