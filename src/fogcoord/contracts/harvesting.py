@@ -126,6 +126,19 @@ class DeviceStanding:
     """Ed25519 public key, hex: what the device's signed work receipts verify against."""
 
 
+@dataclass(frozen=True, slots=True)
+class StandingColumns:
+    """:class:`DeviceStanding` of many devices, column-wise, in the order asked for.
+
+    What a settlement over thousands of asks reads: no object per device.
+    """
+
+    known: list[bool]
+    eligible: list[bool]
+    owner: list[str]
+    trust: list[float]
+
+
 class DeviceDiscoveredEvent(ServiceEvent):
     device_id: str
     owner: str
@@ -163,6 +176,10 @@ class HarvestingProtocol(Protocol):
 
     async def device_standing(self, device_ids: list[str]) -> dict[str, DeviceStanding]:
         """Eligibility, owner and trust of many devices in one call (unknown ids are absent)."""
+        ...
+
+    async def standing_columns(self, device_ids: list[str]) -> StandingColumns:
+        """:meth:`device_standing` column-wise, aligned with ``device_ids``."""
         ...
 
     async def count_eligible(self) -> int:

@@ -24,6 +24,7 @@ from fogcoord.contracts.harvesting import (
     DeviceResultVerified,
     DeviceStanding,
     DeviceStateChangedEvent,
+    StandingColumns,
     NetworkType,
     ResourceRequirements,
     SuitabilityScore,
@@ -365,6 +366,22 @@ class FogHarvestingService(ServiceBase):
                 m.public_key if m is not None else "",
             )
         return out
+
+    async def standing_columns(self, device_ids: list[str]) -> StandingColumns:
+        reg = self.registry
+        rows_of = reg.rows
+        rows_or_none = [rows_of.get(d) for d in device_ids]
+        known = [r is not None for r in rows_or_none]
+        rows = np.fromiter((r if r is not None else 0 for r in rows_or_none), dtype=np.int64)
+        mask = suitability.eligible_mask(reg, self.selection_config)
+        eligible = (mask[rows] & np.asarray(known, dtype=bool)).tolist() if rows.size else []
+        trust = reg.trust[rows].tolist() if rows.size else []
+        meta = reg.meta
+        owner = [
+            m.owner if r is not None and (m := meta[r]) is not None else ""
+            for r in rows_or_none
+        ]
+        return StandingColumns(known, eligible, owner, trust)
 
     async def count_eligible(self) -> int:
         return int(suitability.eligible_mask(self.registry, self.selection_config).sum())

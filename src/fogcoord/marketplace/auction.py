@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 
 import numpy as np
+import numpy.typing as npt
 
 from fogcoord.contracts.errors import Conflict
 from fogcoord.contracts.marketplace import AuctionResult, AuctionStatus
@@ -117,32 +118,64 @@ class Clearing:
     reason: str = ""
 
 
+def rank_columns(
+    price: npt.NDArray[np.int64], trust: npt.NDArray[np.float64], seq: npt.NDArray[np.int64]
+) -> npt.NDArray[np.intp]:
+    """Ask indices from best to worst: lowest price, then highest trust, then earliest."""
+    # lexsort sorts by the last key first
+    return np.lexsort((seq, -trust, price))
+
+
+def clear_columns(
+    providers: Sequence[str],
+    price: npt.NDArray[np.int64],
+    trust: npt.NDArray[np.float64],
+    seq: npt.NDArray[np.int64],
+    slots: int,
+    allow_partial: bool,
+) -> Clearing:
+    """Winners and uniform price among eligible asks given column-wise (what settlement uses)."""
+    n = len(providers)
+    order = rank_columns(price, trust, seq)
+    if n > slots:
+        top = order[:slots].tolist()
+        return Clearing(
+            tuple(providers[i] for i in top), int(price[order[slots]]), AuctionStatus.SETTLED
+        )
+    if n == slots or (n > 0 and allow_partial):
+        status = AuctionStatus.SETTLED if n == slots else AuctionStatus.PARTIAL
+        return Clearing(tuple(providers[i] for i in order.tolist()), int(price[order[-1]]), status)
+    return Clearing(
+        (), None, AuctionStatus.FAILED, f"{n} eligible asks for {slots} slots, no partial fill"
+    )
+
+
+def _columns(
+    asks: Sequence[AskRec],
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    price = np.fromiter((a.price for a in asks), dtype=np.int64, count=len(asks))
+    seq = np.fromiter((a.seq for a in asks), dtype=np.int64, count=len(asks))
+    return price, seq
+
+
 def rank(asks: Sequence[AskRec], trust: Sequence[float]) -> list[int]:
     """Indices of ``asks`` from best to worst: lowest price, then highest trust, then earliest."""
     if not asks:
         return []
-    price = np.fromiter((a.price for a in asks), dtype=np.int64, count=len(asks))
-    seq = np.fromiter((a.seq for a in asks), dtype=np.int64, count=len(asks))
-    neg_trust = -np.asarray(trust, dtype=np.float64)
-    # lexsort sorts by the last key first
-    return [int(i) for i in np.lexsort((seq, neg_trust, price))]
+    price, seq = _columns(asks)
+    return [int(i) for i in rank_columns(price, np.asarray(trust, dtype=np.float64), seq)]
 
 
 def clear(
     asks: Sequence[AskRec], trust: Sequence[float], slots: int, allow_partial: bool
 ) -> Clearing:
     """Winners and uniform price among ``asks``, all of which are eligible."""
-    order = rank(asks, trust)
-    n = len(order)
-    if n > slots:
-        winners = tuple(asks[i].provider for i in order[:slots])
-        return Clearing(winners, asks[order[slots]].price, AuctionStatus.SETTLED)
-    if n == slots:
-        winners = tuple(asks[i].provider for i in order)
-        return Clearing(winners, asks[order[-1]].price, AuctionStatus.SETTLED)
-    if n > 0 and allow_partial:
-        winners = tuple(asks[i].provider for i in order)
-        return Clearing(winners, asks[order[-1]].price, AuctionStatus.PARTIAL)
-    return Clearing(
-        (), None, AuctionStatus.FAILED, f"{n} eligible asks for {slots} slots, no partial fill"
+    price, seq = _columns(asks)
+    return clear_columns(
+        [a.provider for a in asks],
+        price,
+        np.asarray(trust, dtype=np.float64),
+        seq,
+        slots,
+        allow_partial,
     )

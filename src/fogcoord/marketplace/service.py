@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 from decimal import Decimal, InvalidOperation
 from typing import Any, cast
 
+import numpy as np
 from sqlalchemy.engine import Engine
 
 from fogcoord.clock import Clock
@@ -59,7 +60,7 @@ from fogcoord.contracts.marketplace import (
 from fogcoord.contracts.tokenomics import PLATFORM_WALLET, PayoutLeg, TokenomicsProtocol
 from fogcoord.contracts.units import MICRO_PER_TOKEN
 from fogcoord.lifecycle import Publish, ServiceBase
-from fogcoord.marketplace.auction import AuctionState, BidRefused, clear
+from fogcoord.marketplace.auction import AuctionState, BidRefused, clear_columns
 from fogcoord.marketplace.metrics import MarketBook
 from fogcoord.marketplace.pricing import Pricer, Quoted, ceil_micro, tokens
 from fogcoord.marketplace.revenue import split_batch
@@ -437,43 +438,52 @@ class FogMarketplaceService(ServiceBase):
         if planned is not None:
             # an earlier attempt decided and may have moved money: finish that decision
             return await self._finish_settlement(a, planned)
-        asks = list(a.asks.values())
-        standing = {}
-        if asks and mode != "cancelled":
-            harvesting = await self._harvesting()
-            standing = await harvesting.device_standing([x.provider for x in asks])
-        eligible = []
-        trust = []
-        for ask in asks:
-            st = standing.get(ask.provider)
-            if st is not None and st.eligible and st.owner != a.requester:
-                eligible.append(ask)
-                trust.append(st.trust)
-        if mode in ("early", "requester"):
-            enough = len(eligible) > a.slots if mode == "early" else len(eligible) >= a.slots
-            if not enough and not (mode == "requester" and a.allow_partial and eligible):
-                for ask in asks:  # drop the asks that are no longer eligible; keep collecting
-                    st = standing.get(ask.provider)
-                    if st is None or not st.eligible:
-                        a.asks.pop(ask.provider, None)
-                return None
         if mode == "cancelled":
             plan: dict[str, Any] = {"status": "failed", "reason": "cancelled by the requester"}
         else:
-            c = clear(eligible, trust, a.slots, a.allow_partial)
-            plan = {
-                "status": c.status.value,
-                "winners": list(c.winners),
-                "price": c.price,
-                "capture": ceil_micro(a.gflop * c.price) if c.price is not None else 0,
-                "reason": c.reason,
-                "owners": {w: standing[w].owner for w in c.winners},
-            }
+            decided = await self._decide(a, mode)
+            if decided is None:
+                return None
+            plan = decided
         # the plan is durable before money moves, so a crash here is finished on the next start
         # and a retry after a failure finishes the same plan, never a new one
         await asyncio.to_thread(self.store.update_auction, a.auction_id, settling=json.dumps(plan))
         self._planned[a.auction_id] = plan
         return await self._finish_settlement(a, plan)
+
+    async def _decide(self, a: AuctionState, mode: str) -> dict[str, Any] | None:
+        """The settlement plan from the asks still eligible (one batch call), or None to wait."""
+        asks = list(a.asks.values())
+        providers = [x.provider for x in asks]
+        cols = await (await self._harvesting()).standing_columns(providers) if asks else None
+        ok = (
+            np.asarray(cols.eligible, dtype=bool)
+            & (np.asarray(cols.owner, dtype=object) != a.requester)
+            if cols is not None
+            else np.zeros(0, dtype=bool)
+        )
+        count = int(ok.sum())
+        if mode in ("early", "requester"):
+            enough = count > a.slots if mode == "early" else count >= a.slots
+            if not enough and not (mode == "requester" and a.allow_partial and count):
+                for i in np.flatnonzero(~ok).tolist():  # drop what can no longer win; keep going
+                    a.asks.pop(providers[i], None)
+                return None
+        keep = np.flatnonzero(ok)
+        price = np.fromiter((x.price for x in asks), dtype=np.int64, count=len(asks))[keep]
+        seq = np.fromiter((x.seq for x in asks), dtype=np.int64, count=len(asks))[keep]
+        trust = np.asarray(cols.trust if cols is not None else [], dtype=np.float64)[keep]
+        idx = keep.tolist()
+        c = clear_columns([providers[i] for i in idx], price, trust, seq, a.slots, a.allow_partial)
+        owner_of = dict(zip(providers, cols.owner, strict=True)) if cols is not None else {}
+        return {
+            "status": c.status.value,
+            "winners": list(c.winners),
+            "price": c.price,
+            "capture": ceil_micro(a.gflop * c.price) if c.price is not None else 0,
+            "reason": c.reason,
+            "owners": [owner_of[w] for w in c.winners],
+        }
 
     async def _finish_settlement(self, a: AuctionState, plan: dict[str, Any]) -> AuctionResult:
         tok = await self._tokenomics()
@@ -510,17 +520,21 @@ class FogMarketplaceService(ServiceBase):
             reason=reason,
             escrow_id=a.escrow_id,
         )
-        owners = dict(plan.get("owners", {}))
+        owners = _owners_of(plan)
         settled_at = self.clock.time()
         # winners and owners stay in the stored plan; the result row is written without them,
         # so a 10,000-winner auction is not written twice
-        await self._write(
-            self.store.update_auction,
-            a.auction_id,
-            status=status.value,
-            result=result.model_copy(update={"winners": ()}).model_dump_json(),
-            closed=status is AuctionStatus.FAILED,
-            settled_at=settled_at,
+        # written behind: until it lands, a restart finds the plan without a result and finishes
+        # it again, which the ledger answers "exists"
+        self._write_later(
+            functools.partial(
+                self.store.update_auction,
+                a.auction_id,
+                status=status.value,
+                result=result.model_copy(update={"winners": ()}).model_dump_json(),
+                closed=status is AuctionStatus.FAILED,
+                settled_at=settled_at,
+            )
         )
         self._planned.pop(a.auction_id, None)
         a.status, a.result = status, result
@@ -898,11 +912,19 @@ class FogMarketplaceService(ServiceBase):
             closed_at = row.get("settled_at") or a.closes_at
             self._closed_rows.append((closed_at, a.slots, len(a.result.winners), a.price))
             if plan is not None:
-                self._owners[a.escrow_id] = dict(plan.get("owners", {}))
+                self._owners[a.escrow_id] = _owners_of(plan)
         elif plan is not None:
             self._planned[a.auction_id] = plan
         self._auctions[a.auction_id] = a
         self._by_escrow[a.escrow_id] = a.auction_id
+
+
+def _owners_of(plan: dict[str, Any]) -> dict[str, str]:
+    """Winner -> owner from a plan (owners are stored as a list aligned with the winners)."""
+    owners = plan.get("owners", [])
+    if isinstance(owners, dict):
+        return {str(k): str(v) for k, v in owners.items()}
+    return dict(zip(plan.get("winners", []), owners, strict=True))
 
 
 def _legs(raw: str) -> list[Leg]:
