@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import asyncio
 
+import wasmtime
+
+from fogcoord.compute.errors import MalformedModule
 from fogcoord.compute.sandbox import Sandbox
 from fogcoord.compute.worker import WorkerPool
 from fogcoord.contracts.compute import SandboxLimits, WorkReceipt
@@ -20,8 +23,14 @@ class SandboxExecutor:
         self.timeout_s = timeout_s
         self._pool: WorkerPool | None = None
 
-    async def validate(self, module: bytes) -> str:
+    async def validate(self, module: bytes, entry: str) -> str:
+        """Compile and check the imports and that ``entry`` is an exported function."""
         compiled = await asyncio.to_thread(self.sandbox.compile, module)
+        if not any(
+            e.name == entry and isinstance(e.type, wasmtime.FuncType)
+            for e in compiled.module.exports
+        ):
+            raise MalformedModule(f"the module exports no function {entry!r}")
         return compiled.sha256
 
     async def run(

@@ -75,7 +75,7 @@ NONDETERMINISTIC = ("timeout", "crashed")
 class Executor(Protocol):
     """What the coordinator needs of the sandbox: check modules, re-execute audits."""
 
-    async def validate(self, module: bytes) -> str: ...
+    async def validate(self, module: bytes, entry: str) -> str: ...
 
     async def run(
         self, module: bytes, data: bytes, limits: SandboxLimits, task_id: str, entry: str
@@ -192,7 +192,7 @@ class JobRunner(ServiceBase):
             if len(data) > cfg.max_input_bytes:
                 raise ValidationFailed(f"inputs_b64.{i}", f"larger than {cfg.max_input_bytes}")
         # compiled (and its imports checked) once, here; agents get the same bytes
-        module_hash = await self.executor.validate(module)
+        module_hash = await self.executor.validate(module, body.entry)
         tok = await self._tokenomics()
         wallet = body.wallet or requester
         owner = tok.wallet_owner(wallet)
@@ -307,7 +307,10 @@ class JobRunner(ServiceBase):
         now = self.clock.time()
         expiring = now >= self._next_expiry
         for job in list(self.jobs.values()):
-            if job.state.terminal:
+            if job.state.terminal or job.settling:
+                continue
+            if job.state is JobState.VERIFIED:  # the final payment failed before: try again
+                await self._finish(job)
                 continue
             if job.state is JobState.AUCTIONED:
                 await self._check_auction(job)
@@ -403,7 +406,7 @@ class JobRunner(ServiceBase):
 
     def _others(self, task: Task) -> bool:
         job = task.job
-        used = {r.device for r in task.replicas}
+        used = {r.device for r in task.replicas if r.state != "lost"}
         return any(d not in used and d not in job.cheaters for d in job.pool)
 
     def _plan_task(self, task: Task) -> None:
@@ -416,7 +419,8 @@ class JobRunner(ServiceBase):
             task.needed = task.quorum = max(job.replication, self.config.min_quorum)
 
     def _pick(self, job: Job, task: Task, limit: int) -> str | None:
-        used = {r.device for r in task.replicas}
+        # a device whose replica was lost (timed out, or out during a restart) may try again
+        used = {r.device for r in task.replicas if r.state != "lost"}
         owners = {job.owners.get(r.device) for r in task.replicas if r.state != "lost"}
         preferred = job.plan.get(task.task_id, ())
         best: str | None = None
@@ -826,7 +830,7 @@ class JobRunner(ServiceBase):
         job.settling = True
         try:
             verified = [t for t in job.tasks if t.state is TaskState.VERIFIED]
-            if verified:
+            if verified and job.state is not JobState.VERIFIED:
                 await self._transition(job, JobState.VERIFIED)
             await self._pay(job, final=True)
             await self._mine(job, verified)
@@ -888,12 +892,18 @@ class JobRunner(ServiceBase):
                 await self._transition(job, JobState.CANCELLED, "cancelled by the requester")
                 return self.view(job_id)
             await self._check_auction(job)
-        for task in job.tasks:
-            if not task.done:
-                self._fail_task(task, "cancelled")
-        if job.price_micro is not None:
-            await self._pay(job, final=True)
-        await self._transition(job, JobState.CANCELLED, "cancelled by the requester")
+        if job.settling:
+            raise Conflict(f"job {job_id} is being settled")
+        job.settling = True  # the main loop leaves the job alone from here on
+        try:
+            for task in job.tasks:
+                if not task.done:
+                    self._fail_task(task, "cancelled")
+            if job.price_micro is not None:
+                await self._pay(job, final=True)
+            await self._transition(job, JobState.CANCELLED, "cancelled by the requester")
+        finally:
+            job.settling = False
         return self.view(job_id)
 
     def _job(self, job_id: str) -> Job:
@@ -904,6 +914,8 @@ class JobRunner(ServiceBase):
 
     async def _transition(self, job: Job, state: JobState, reason: str = "") -> None:
         previous = job.state
+        if previous.terminal:
+            raise Conflict(f"job {job.job_id} already ended {previous.value}")
         now = self.clock.time()
         job.state_times[previous.value] = job.state_times.get(previous.value, 0.0) + (
             now - job.entered_at
