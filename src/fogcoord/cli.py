@@ -404,6 +404,146 @@ def _decimal(option: str, value: str) -> Decimal:
     return number
 
 
+# --- jobs --------------------------------------------------------------------------------------
+
+job_app = typer.Typer(help="Submit compute jobs and fetch their results.", no_args_is_help=True)
+app.add_typer(job_app, name="job")
+
+
+def _job_summary(view: Any) -> None:
+    tasks = ", ".join(f"{n} {s}" for s, n in sorted(view.tasks.items()))
+    out.print(f"job {view.job_id} ({view.name or 'unnamed'}): {view.state.value}", highlight=False)
+    out.print(f"  tasks      {view.tasks_total} ({tasks})", highlight=False)
+    out.print(f"  replicas   {view.replicas_run} run, {view.audits} audits", highlight=False)
+    out.print(f"  verified   {view.fuel_verified / 1e9:.6f} GFLOP", highlight=False)
+    price = view.clearing_price_per_gflop
+    out.print(f"  price      {price if price is not None else '-'} per GFLOP", highlight=False)
+    out.print(f"  cost       {view.cost_so_far} of {view.held} held", highlight=False)
+    if view.cheaters:
+        out.print(f"  cheaters   {', '.join(view.cheaters)}", highlight=False)
+    if view.reason:
+        out.print(f"  reason     {view.reason}", highlight=False)
+
+
+@job_app.command("submit")
+def job_submit(
+    module: Annotated[Path, typer.Argument(help="a .wat or .wasm WASI module", exists=True)],
+    inputs: Annotated[list[Path], typer.Argument(help="one file per task: its stdin", exists=True)],
+    fuel: Annotated[int, typer.Option(min=1, help="fuel per task (1e9 fuel = 1 GFLOP)")],
+    max_price: Annotated[str, typer.Option("--max-price", help="tokens per GFLOP, at most")],
+    replication: Annotated[int, typer.Option(min=1, max=16)] = 2,
+    deadline: Annotated[float, typer.Option(min=1, help="seconds")] = 3600.0,
+    entry: Annotated[str, typer.Option(help="exported function to call")] = "_start",
+    name: Annotated[str, typer.Option(help="a label for the job")] = "",
+    slots: Annotated[
+        int | None, typer.Option(min=1, help="devices to hire (default: tasks x replication)")
+    ] = None,
+    url: UrlOpt = None,
+    api_key: KeyOpt = None,
+) -> None:
+    """Submit a job: one task per input file, run on devices, checked by replication."""
+    import base64
+
+    from fogcoord.client import FogClient
+    from fogcoord.contracts.jobs import JobSubmission
+
+    raw = module.read_bytes()
+    wat = module.suffix != ".wasm"
+    body = JobSubmission(
+        name=name or module.stem,
+        module_wat=raw.decode() if wat else None,
+        module_wasm_b64=None if wat else base64.b64encode(raw).decode(),
+        inputs_b64=[base64.b64encode(p.read_bytes()).decode() for p in inputs],
+        entry=entry,
+        fuel_limit=fuel,
+        replication=replication,
+        max_price_per_gflop=_decimal("--max-price", max_price),
+        deadline_seconds=deadline,
+        slots=slots,
+    )
+
+    async def send() -> Any:
+        async with FogClient(url, api_key) as fog:
+            return await fog.submit_job(body)
+
+    _job_summary(_run(send()))
+
+
+@job_app.command("status")
+def job_status(
+    job_id: Annotated[str, typer.Argument(help="job id")],
+    url: UrlOpt = None,
+    api_key: KeyOpt = None,
+) -> None:
+    """A job's state, progress and cost."""
+    from fogcoord.client import FogClient
+
+    async def fetch() -> Any:
+        async with FogClient(url, api_key) as fog:
+            return await fog.job(job_id)
+
+    _job_summary(_run(fetch()))
+
+
+@job_app.command("list")
+def job_list(url: UrlOpt = None, api_key: KeyOpt = None) -> None:
+    """The caller's jobs, newest first."""
+    from fogcoord.client import FogClient
+
+    async def fetch() -> Any:
+        async with FogClient(url, api_key) as fog:
+            return await fog.jobs()
+
+    table = Table("job", "name", "state", "tasks", "verified", "cost")
+    for j in _run(fetch()):
+        table.add_row(
+            j.job_id,
+            j.name,
+            j.state.value,
+            str(j.tasks_total),
+            str(j.tasks.get("verified", 0)),
+            str(j.cost_so_far),
+        )
+    out.print(table)
+
+
+@job_app.command("results")
+def job_results(
+    job_id: Annotated[str, typer.Argument(help="job id")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="zip file to write")] = Path(
+        "results.zip"
+    ),
+    url: UrlOpt = None,
+    api_key: KeyOpt = None,
+) -> None:
+    """Download every verified output (and a manifest) as a zip archive."""
+    from fogcoord.client import FogClient
+
+    async def fetch() -> bytes:
+        async with FogClient(url, api_key) as fog:
+            return await fog.job_results(job_id)
+
+    data = _run(fetch())
+    output.write_bytes(data)
+    out.print(f"{len(data):,} bytes written to {output}", highlight=False)
+
+
+@job_app.command("cancel")
+def job_cancel(
+    job_id: Annotated[str, typer.Argument(help="job id")],
+    url: UrlOpt = None,
+    api_key: KeyOpt = None,
+) -> None:
+    """Cancel a job: verified work is paid, everything else returns to the requester."""
+    from fogcoord.client import FogClient
+
+    async def send() -> Any:
+        async with FogClient(url, api_key) as fog:
+            return await fog.cancel_job(job_id)
+
+    _job_summary(_run(send()))
+
+
 # --- market ------------------------------------------------------------------------------------
 
 market_app = typer.Typer(
