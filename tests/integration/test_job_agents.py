@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -49,6 +49,14 @@ def _owner_key(served: Served, name: str) -> str:
     return key.group(1)
 
 
+def _registered(store: FileIdentityStore) -> Callable[[], bool]:
+    def check() -> bool:
+        identity = store.load()
+        return identity is not None and identity.registered
+
+    return check
+
+
 def _agent(served: Served, key: str, state: Path) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [
@@ -81,11 +89,7 @@ def test_a_job_runs_on_agent_processes_and_its_results_are_verified(
             state = tmp_path / f"agent-{i}"
             agents.append(_agent(served, _owner_key(served, f"owner-{i}"), state))
         for i in range(3):
-            store = FileIdentityStore(tmp_path / f"agent-{i}")
-            _wait_for(
-                lambda s=store: (x := s.load()) is not None and x.registered,
-                what=f"agent {i} to register",
-            )
+            _wait_for(_registered(FileIdentityStore(tmp_path / f"agent-{i}")), what=f"agent {i}")
         time.sleep(1.5)  # a heartbeat or two: the devices are online and eligible
         _, env = _requester(served)
         assert cli("wallet", "create", env=env).returncode == 0

@@ -24,9 +24,9 @@ from fogcoord.contracts.harvesting import (
     DeviceResultVerified,
     DeviceStanding,
     DeviceStateChangedEvent,
-    StandingColumns,
     NetworkType,
     ResourceRequirements,
+    StandingColumns,
     SuitabilityScore,
 )
 from fogcoord.contracts.lifecycle import HealthStatus
@@ -378,8 +378,7 @@ class FogHarvestingService(ServiceBase):
         trust = reg.trust[rows].tolist() if rows.size else []
         meta = reg.meta
         owner = [
-            m.owner if r is not None and (m := meta[r]) is not None else ""
-            for r in rows_or_none
+            m.owner if r is not None and (m := meta[r]) is not None else "" for r in rows_or_none
         ]
         return StandingColumns(known, eligible, owner, trust)
 
