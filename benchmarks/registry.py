@@ -22,4 +22,6 @@ MODULES: tuple[str, ...] = (
     "benchmarks.harvesting_fleet",
     "benchmarks.market",
     "benchmarks.compute_fuel",
+    "benchmarks.jobs_pipeline",
+    "benchmarks.jobs_audit",
 )

@@ -42,6 +42,13 @@ ISSUE_FIGURES = {
     "market.revenue_settlement.p50",
     "market.revenue_settlement.p99",
     "compute.fuel_overhead",
+    "jobs.pipeline",
+    "jobs.pipeline.submitted",
+    "jobs.pipeline.auctioned",
+    "jobs.pipeline.allocated",
+    "jobs.pipeline.running",
+    "jobs.pipeline.verified",
+    "jobs.audit_overhead",
 }
 
 

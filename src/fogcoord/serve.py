@@ -60,6 +60,9 @@ async def serve(config: FogConfig, *, on_ready: OnReady | None = None) -> int:
             log_level="warning",
             lifespan="on",
             timeout_graceful_shutdown=1,
+            # agents keep one connection each and use it every few seconds (bids, HTTP
+            # heartbeats): closing idle ones after uvicorn's default 5 s races their reuse
+            timeout_keep_alive=75,
         )
     )
     loop = asyncio.get_running_loop()

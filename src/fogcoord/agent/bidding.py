@@ -152,7 +152,12 @@ class AutoBidder:
     async def _bid(self, auction_id: str, device_id: str, device_key: str, ask: Decimal) -> None:
         client = await self._client_for(device_key)
         try:
-            placed = await client.submit_bid(auction_id, device_id, ask)
+            try:
+                placed = await client.submit_bid(auction_id, device_id, ask)
+            except (httpx.RemoteProtocolError, httpx.ReadError):
+                # a pooled connection the server had just closed: one fresh attempt (a repeated
+                # ask is harmless: if the first landed, the second is refused as not lower)
+                placed = await client.submit_bid(auction_id, device_id, ask)
         except FogApiError as exc:
             if exc.status == 409:
                 self.refused += 1

@@ -380,13 +380,15 @@ class JobRunner(ServiceBase):
             max(0, limit - self._in_flight.get(d, 0)) for d in job.pool if d not in job.cheaters
         )
         for _ in range(len(ready)):
-            if free <= 0 and not any(t.audited for t in ready):
-                break
             task = ready[0]
             if task.done or job.state is not JobState.RUNNING:
                 ready.popleft()
                 task.queued = False
                 continue
+            if free <= 0:
+                # nothing can be assigned now; planning now would plan every waiting task as if
+                # no trusted device existed (the first device is chosen when a slot frees up)
+                break
             if task.needed == 0:
                 self._plan_task(task)
             missing = task.needed - task.active()
@@ -1073,6 +1075,18 @@ class JobRunner(ServiceBase):
         if data is None:
             raise NotFound("output", task.output_hash)
         return data
+
+    async def outputs(self, job_id: str) -> dict[int, bytes]:
+        """Every verified output of the job by task index, read in one go."""
+        job = self._job(job_id)
+        await self._flush()
+        wanted = {
+            t.index: t.output_hash
+            for t in job.tasks
+            if t.state is TaskState.VERIFIED and t.output_hash is not None
+        }
+        found = await asyncio.to_thread(self.store.blobs, sorted(set(wanted.values())))
+        return {i: found[h] for i, h in wanted.items() if h in found}
 
     async def _restore(self, row: dict[str, Any]) -> None:
         job = Job(

@@ -124,6 +124,17 @@ class SqlJobStore:
             row = conn.execute(sa.select(blobs_t.c.data).where(blobs_t.c.sha256 == sha256)).first()
             return bytes(row[0]) if row is not None else None
 
+    def blobs(self, hashes: Sequence[str]) -> dict[str, bytes]:
+        out: dict[str, bytes] = {}
+        with self.engine.connect() as conn:
+            for i in range(0, len(hashes), 500):
+                part = list(hashes[i : i + 500])
+                rows = conn.execute(
+                    sa.select(blobs_t.c.sha256, blobs_t.c.data).where(blobs_t.c.sha256.in_(part))
+                )
+                out.update({r.sha256: bytes(r.data) for r in rows})
+        return out
+
     def create_job(self, job: dict[str, Any], tasks: Sequence[dict[str, Any]]) -> None:
         with self.engine.begin() as conn:
             conn.execute(jobs_t.insert().values(**job))

@@ -96,12 +96,14 @@ async def results(
     view = _mine(coord, job_id, who)
     buffer = io.BytesIO()
     manifest = []
+    outputs = await coord.jobs.outputs(job_id)
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
         for task in coord.jobs.task_views(job_id, 0, view.tasks_total):
             entry = task.model_dump(mode="json")
-            if task.state is TaskState.VERIFIED:
+            data = outputs.get(task.index)
+            if task.state is TaskState.VERIFIED and data is not None:
                 name = f"task-{task.index:06d}.out"
-                archive.writestr(name, await coord.jobs.output(job_id, task.index))
+                archive.writestr(name, data)
                 entry["file"] = name
             manifest.append(entry)
         archive.writestr(
