@@ -24,4 +24,6 @@ MODULES: tuple[str, ...] = (
     "benchmarks.compute_fuel",
     "benchmarks.jobs_pipeline",
     "benchmarks.jobs_audit",
+    "benchmarks.stats_storage",
+    "benchmarks.stats_dashboard",
 )

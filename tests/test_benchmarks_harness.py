@@ -49,6 +49,10 @@ ISSUE_FIGURES = {
     "jobs.pipeline.running",
     "jobs.pipeline.verified",
     "jobs.audit_overhead",
+    "stats.bytes_per_sample",
+    "stats.query_30d",
+    "stats.dashboard_latency.p50",
+    "stats.dashboard_latency.p95",
 }
 
 

@@ -158,6 +158,59 @@ def services(url: UrlOpt = None, api_key: KeyOpt = None) -> None:
     out.print(services_table(_run(fetch())))
 
 
+@app.command()
+def stats(
+    url: UrlOpt = None,
+    api_key: KeyOpt = None,
+    window: Annotated[float, typer.Option(min=1, help="seconds of history for the table")] = 3600,
+) -> None:
+    """The figures the dashboard shows: health, devices, jobs, market, ledger, alerts."""
+    from fogcoord.client import FogClient
+
+    async def fetch() -> tuple[Any, Any]:
+        async with FogClient(url, api_key) as fog:
+            overview = await fog.request("GET", "/v1/stats")
+            windows = await fog.request("GET", "/v1/stats/windows", params={"seconds": window})
+            return overview, windows
+
+    overview, windows = _run(fetch())
+    health = overview["health"]
+    out.print(f"health: [bold]{health['state']}[/bold]", highlight=False)
+    for reason in health["reasons"]:
+        out.print(f"  {reason}", highlight=False)
+    latest = overview["latest"]
+    groups = ("devices", "jobs", "market", "ledger", "host", "process", "bus")
+    for group in groups:
+        rows = {k: v for k, v in sorted(latest.items()) if k.split(".")[0] == group}
+        if not rows:
+            continue
+        table = Table(group, "now", f"mean {window:g}s", "p95", "max")
+        for name, value in rows.items():
+            s = windows["series"].get(name)
+            table.add_row(
+                name.removeprefix(group + "."),
+                f"{value:,.4g}",
+                f"{s['mean']:,.4g}" if s else "",
+                f"{s['p95']:,.4g}" if s else "",
+                f"{s['max']:,.4g}" if s else "",
+            )
+        out.print(table)
+    alerts = overview["alerts"]
+    if alerts:
+        table = Table("alert", "group", "state", "value", "silenced")
+        for a in alerts:
+            table.add_row(
+                str(a.get("name")),
+                str(a.get("group")),
+                str(a.get("state")),
+                str(a.get("value")),
+                str(a.get("silenced", False)),
+            )
+        out.print(table)
+    else:
+        out.print("no alerts")
+
+
 @config_app.command("show")
 def config_show(config: ConfigOpt = None) -> None:
     """Print the effective configuration as YAML (defaults, file, environment)."""
@@ -436,7 +489,8 @@ def job_submit(
     entry: Annotated[str, typer.Option(help="exported function to call")] = "_start",
     name: Annotated[str, typer.Option(help="a label for the job")] = "",
     slots: Annotated[
-        int | None, typer.Option(min=1, help="devices to hire (default: tasks x replication)")
+        int | None,
+        typer.Option(min=1, help="devices to hire (default: tasks x replication, at most 32)"),
     ] = None,
     url: UrlOpt = None,
     api_key: KeyOpt = None,

@@ -235,6 +235,40 @@ class AlertingConfig(_Block):
         None, description="Slack-compatible webhook; the seed's placeholder means not configured"
     )
     alert_cooldown_minutes: float = Field(15, ge=0)
+    smtp_host: str = Field("127.0.0.1", min_length=1, description="extension: SMTP relay host")
+    smtp_port: int = Field(25, ge=1, le=65535, description="extension: SMTP relay port")
+    email_from: str = Field(
+        "fogcoord@localhost", pattern=r"^[^@\s]+@[^@\s]+$", description="extension: sender"
+    )
+    email_to: list[str] = Field(
+        default_factory=list,
+        description="extension: recipients; email is sent only when this is non-empty",
+    )
+    webhook_retries: int = Field(
+        3, ge=0, le=10, description="extension: webhook retries after the first attempt"
+    )
+    webhook_timeout_seconds: float = Field(
+        5.0, gt=0, le=300, description="extension: one webhook request"
+    )
+    group_wait_seconds: float = Field(
+        0.0, ge=0, description="extension: a group's new alerts wait this before notifying"
+    )
+
+    @field_validator("email_to", mode="before")
+    @classmethod
+    def _comma_separated(cls, v: Any) -> Any:
+        # An environment variable carries one string: "a@x, b@y" means two recipients.
+        if isinstance(v, str):
+            return [part.strip() for part in v.split(",") if part.strip()]
+        return v
+
+    @field_validator("email_to")
+    @classmethod
+    def _addresses(cls, v: list[str]) -> list[str]:
+        for address in v:
+            if address.count("@") != 1 or any(c.isspace() for c in address):
+                raise ValueError(f"{address!r} is not an email address")
+        return v
 
     @field_validator("slack_webhook_url", mode="before")
     @classmethod

@@ -13,11 +13,13 @@ from fogcoord.auth.service import AuthService
 from fogcoord.channels import DeviceChannels
 from fogcoord.clock import Clock, SystemClock
 from fogcoord.config import FogConfig
+from fogcoord.contracts.events import ServiceEvent
 from fogcoord.contracts.harvesting import (
     DeviceDiscoveredEvent,
     DeviceResultVerified,
     DeviceStateChangedEvent,
 )
+from fogcoord.figures import gather
 from fogcoord.harvesting.service import FogHarvestingService
 from fogcoord.jobs.executor import SandboxExecutor
 from fogcoord.jobs.runner import JobRunner
@@ -26,6 +28,7 @@ from fogcoord.orchestration.bus.inprocess import InProcessEventBus
 from fogcoord.orchestration.bus.protocol import EventBus
 from fogcoord.orchestration.service import FogOrchestrationService
 from fogcoord.privacy.service import FogPrivacyService
+from fogcoord.stats.service import FogSystemStatsService
 from fogcoord.storage.service import StorageService
 from fogcoord.tokenomics.service import FogTokenomicsService
 
@@ -94,6 +97,14 @@ class Coordinator:
         self.privacy = FogPrivacyService(
             config.privacy, clock=self.clock, publish=self.orchestration.broadcast_event
         )
+        self.stats = FogSystemStatsService(
+            config.system_stats,
+            lambda: self.storage.engine,
+            probe=lambda: gather(self),
+            health=self.orchestration.health_check_all_services,
+            clock=self.clock,
+            publish=self.orchestration.broadcast_event,
+        )
         self.channels = DeviceChannels()
         self.executor = SandboxExecutor()
         self.jobs = JobRunner(
@@ -119,6 +130,7 @@ class Coordinator:
             self.marketplace,
             self.privacy,
             self.jobs,
+            self.stats,
         ):
             await self.orchestration.register_service(service.name, service)
         await self.orchestration.initialize_services()
@@ -135,6 +147,11 @@ class Coordinator:
                 name=f"marketplace.supply.{event_type.event_type}",
                 group="marketplace",
             )
+        await self.orchestration.subscribe(
+            ServiceEvent, self.stats.on_bus_event, name="stats.events", group="stats"
+        )
+        # a first collection now: the dashboard and /metrics have figures from the start
+        await self.stats.collect_metrics()
         self._started = True
 
     async def stop(self, graceful: bool = True) -> bool:

@@ -38,6 +38,7 @@ async def test_probes_are_open(api: tuple[Coordinator, FogClient, str]) -> None:
         "marketplace",
         "privacy",
         "jobs",
+        "stats",
     }
 
 
@@ -57,10 +58,19 @@ async def test_services_lists_registry_with_health_and_breakers(
     _, client, _ = api
     view = await client.services()
     ids = [s.service_id for s in view.services]
-    assert ids == ["privacy", "storage", "auth", "harvesting", "tokenomics", "marketplace", "jobs"]
+    assert ids == [
+        "privacy",
+        "storage",
+        "auth",
+        "harvesting",
+        "stats",
+        "tokenomics",
+        "marketplace",
+        "jobs",
+    ]
     assert view.start_levels == [
         ["privacy", "storage"],
-        ["auth", "harvesting", "tokenomics"],
+        ["auth", "harvesting", "stats", "tokenomics"],
         ["marketplace"],
         ["jobs"],
     ]

@@ -44,6 +44,7 @@ async def test_coordinator_runs_on_nats_and_postgres(
             "marketplace": HealthState.PASSING,
             "privacy": HealthState.PASSING,
             "jobs": HealthState.PASSING,
+            "stats": HealthState.PASSING,
         }
         assert coord.storage.backend == "postgresql"
         bootstrap = coord.auth.bootstrap_key

@@ -12,7 +12,17 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from fogcoord import __version__
 from fogcoord.announcer import AnnouncerLease, start_announcer
 from fogcoord.api.errors import install_error_handlers
-from fogcoord.api.routes import devices, jobs, keys, market, privacy, system, wallets
+from fogcoord.api.routes import (
+    dashboard,
+    devices,
+    jobs,
+    keys,
+    market,
+    privacy,
+    stats,
+    system,
+    wallets,
+)
 from fogcoord.coordinator import Coordinator
 
 DESCRIPTION = """
@@ -88,4 +98,6 @@ def create_app(coord: Coordinator, *, manage_lifecycle: bool = True) -> FastAPI:
     app.include_router(market.router)
     app.include_router(jobs.router)
     app.include_router(privacy.router)
+    app.include_router(stats.router)
+    app.include_router(dashboard.router)
     return app

@@ -7,6 +7,7 @@ from typing import Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from fogcoord.contracts.events import ServiceEvent
 from fogcoord.contracts.lifecycle import HealthState, HealthStatus
 
 
@@ -79,6 +80,32 @@ class AlertConfig(BaseModel):
     threshold: float
     for_seconds: float = Field(default=0.0, ge=0)
     group: str = "default"
+    labels: dict[str, str] = Field(
+        default_factory=dict, description="extension: carried into notifications (e.g. severity)"
+    )
+    summary: str = Field(default="", description="extension: one line for people reading alerts")
+
+
+class AlertState(StrEnum):
+    """Prometheus's alert states, plus ``resolved`` for the one evaluation after firing."""
+
+    INACTIVE = "inactive"
+    PENDING = "pending"
+    FIRING = "firing"
+    RESOLVED = "resolved"
+
+
+class AlertTransition(ServiceEvent):
+    """An alert rule changed state; ``at`` is the evaluation time that saw the change."""
+
+    rule: str
+    group: str
+    state_from: AlertState
+    state_to: AlertState
+    value: float
+    threshold: float
+    series: str
+    at: float
 
 
 class ExportFormat(StrEnum):

@@ -138,6 +138,9 @@ class FogTokenomicsService(ServiceBase):
         self.minimum_micro = micro_of(wm.minimum_balance, "minimum_balance")
         self.topup_micro = micro_of(wm.auto_topup_threshold, "auto_topup_threshold")
         self.fee_micro = gas_fee_micro(config.transaction_processing.gas_price_gwei)
+        self.transfers_committed = 0
+        self.volume_committed = 0
+        """Micro-tokens moved by committed transfers since start (voids excluded)."""
 
     @property
     def ledger(self) -> Ledger:
@@ -511,6 +514,9 @@ class FogTokenomicsService(ServiceBase):
             )
 
     def _on_block(self, batch: Batch) -> None:
+        volume = sum(t.amount for t in batch.transfers if not t.flags & TransferFlags.VOID_PENDING)
+        self.transfers_committed += len(batch.transfers)
+        self.volume_committed += volume
         if self._publish is None:
             return
         self.emit(
@@ -519,12 +525,20 @@ class FogTokenomicsService(ServiceBase):
                 number=batch.number,
                 hash=batch.hash,
                 transfers=len(batch.transfers),
-                volume=to_tokens(
-                    sum(
-                        t.amount
-                        for t in batch.transfers
-                        if not t.flags & TransferFlags.VOID_PENDING
-                    )
-                ),
+                volume=to_tokens(volume),
             )
         )
+
+    def balances_by_kind(self) -> dict[str, int]:
+        """Posted balances summed by role: wallets, escrows, the platform; minted as positive."""
+        out = {"wallets": 0, "escrow": 0, "platform": 0, "minted": 0}
+        for account in self.ledger.state.accounts.values():
+            if account.kind is AccountKind.WALLET:
+                out["wallets"] += account.balance
+            elif account.kind is AccountKind.ESCROW:
+                out["escrow"] += account.balance
+            elif account.id == PLATFORM:
+                out["platform"] += account.balance
+            elif account.id == MINT:
+                out["minted"] -= account.balance
+        return out
