@@ -75,7 +75,10 @@ async def run_demo(
     async def on_ready(coord: Coordinator, port: int) -> bool:
         outcome.append(await _demo(coord, port, console, size or DemoSize()))
         if serve_after:
-            console.print(f"serving http://127.0.0.1:{port} until Ctrl-C (API docs at /docs)")
+            console.print(
+                f"serving http://127.0.0.1:{port} until Ctrl-C: the dashboard at / "
+                "(with ?key=<operator key>), the API docs at /docs"
+            )
         return serve_after
 
     code = await serve(config, on_ready=on_ready)
@@ -91,6 +94,7 @@ async def _demo(coord: Coordinator, port: int, console: Console, size: DemoSize)
         return False
     started = time.perf_counter()
     console.print(f"[bold]fogcoord demo[/bold]: coordinator on {url}")
+    console.print(f"live dashboard: {url}/?key={operator}", highlight=False, soft_wrap=True)
     workforce = Workforce(url, operator, size.devices, cheaters=size.cheaters)
     try:
         await workforce.start()
