@@ -26,4 +26,8 @@ MODULES: tuple[str, ...] = (
     "benchmarks.jobs_audit",
     "benchmarks.stats_storage",
     "benchmarks.stats_dashboard",
+    "benchmarks.stats_collect",
+    "benchmarks.privacy_dp",
+    "benchmarks.privacy_secagg",
+    "benchmarks.privacy_krum",
 )

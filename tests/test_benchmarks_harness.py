@@ -53,6 +53,12 @@ ISSUE_FIGURES = {
     "stats.query_30d",
     "stats.dashboard_latency.p50",
     "stats.dashboard_latency.p95",
+    "stats.collect_cycle",
+    "privacy.dp_noise_1m",
+    "privacy.accounting",
+    "privacy.secagg_100x100k.server",
+    "privacy.secagg_100x100k.client",
+    "privacy.krum_100x1m",
 }
 
 

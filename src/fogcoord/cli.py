@@ -986,12 +986,14 @@ def agent(
 
     async def main() -> None:
         from fogcoord.agent.tasks import TaskExecutor
+        from fogcoord.agent.training import TrainingExecutor
         from fogcoord.compute.worker import WorkerPool
 
         device_agent = Agent(url, owner_key, state_dir, interval=interval, region=region)
         bidder = AutoBidder(device_agent, policy)
         pool = WorkerPool(workers)
         device_agent.on("task", TaskExecutor(lambda: device_agent.identity, pool))
+        device_agent.on("study", TrainingExecutor(lambda: device_agent.identity))
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, device_agent.stop)

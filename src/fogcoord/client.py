@@ -47,6 +47,7 @@ from fogcoord.contracts.marketplace import (
     MarketMetrics,
     PricingQuote,
 )
+from fogcoord.contracts.studies import EncodedArray, StudySpec, StudyView
 from fogcoord.contracts.tokenomics import EscrowHold, Transaction, TransactionResult, WalletInfo
 
 M = TypeVar("M", bound=BaseModel)
@@ -369,6 +370,26 @@ class FogClient:
     async def cancel_job(self, job_id: str) -> JobView:
         data = await self.request("POST", f"{_job_path(job_id)}/cancel")
         return JobView.model_validate(data)
+
+    # --- studies -------------------------------------------------------------------------------
+
+    async def create_study(self, spec: StudySpec) -> StudyView:
+        data = await self.request("POST", "/v1/studies", json=spec.model_dump(mode="json"))
+        return StudyView.model_validate(data)
+
+    async def study(self, study_id: str) -> StudyView:
+        return await self._get(StudyView, f"/v1/studies/{_quote(study_id, safe='')}")
+
+    async def studies(self) -> list[StudyView]:
+        return [StudyView.model_validate(s) for s in await self.request("GET", "/v1/studies")]
+
+    async def study_model(self, study_id: str) -> dict[str, EncodedArray]:
+        data = await self.request("GET", f"/v1/studies/{_quote(study_id, safe='')}/model")
+        return {k: EncodedArray.model_validate(v) for k, v in data.items()}
+
+    async def cancel_study(self, study_id: str) -> StudyView:
+        data = await self.request("POST", f"/v1/studies/{_quote(study_id, safe='')}/cancel")
+        return StudyView.model_validate(data)
 
     async def request_bytes(self, method: str, path: str, **kwargs: Any) -> bytes:
         """Like :meth:`request`, for endpoints that answer raw bytes."""

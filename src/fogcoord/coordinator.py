@@ -30,6 +30,7 @@ from fogcoord.orchestration.service import FogOrchestrationService
 from fogcoord.privacy.service import FogPrivacyService
 from fogcoord.stats.service import FogSystemStatsService
 from fogcoord.storage.service import StorageService
+from fogcoord.studies.runner import StudyRunner
 from fogcoord.tokenomics.service import FogTokenomicsService
 
 
@@ -95,7 +96,20 @@ class Coordinator:
             publish=self.orchestration.broadcast_event,
         )
         self.privacy = FogPrivacyService(
-            config.privacy, clock=self.clock, publish=self.orchestration.broadcast_event
+            config.privacy,
+            lambda: self.storage.engine,
+            clock=self.clock,
+            publish=self.orchestration.broadcast_event,
+        )
+        self.channels = DeviceChannels()
+        self.studies = StudyRunner(
+            lambda: self.storage.engine,
+            resolve=self.orchestration.discover_service,
+            send=self.channels.push,
+            connected=self.channels.is_connected,
+            default_delta=config.privacy.differential_privacy.default_delta,
+            clock=self.clock,
+            publish=self.orchestration.broadcast_event,
         )
         self.stats = FogSystemStatsService(
             config.system_stats,
@@ -105,13 +119,13 @@ class Coordinator:
             clock=self.clock,
             publish=self.orchestration.broadcast_event,
         )
-        self.channels = DeviceChannels()
         self.executor = SandboxExecutor()
         self.jobs = JobRunner(
             config.jobs,
             lambda: self.storage.engine,
             resolve=self.orchestration.discover_service,
             send=self.channels.push,
+            connected=self.channels.is_connected,
             executor=self.executor,
             clock=self.clock,
             publish=self.orchestration.broadcast_event,
@@ -130,6 +144,7 @@ class Coordinator:
             self.marketplace,
             self.privacy,
             self.jobs,
+            self.studies,
             self.stats,
         ):
             await self.orchestration.register_service(service.name, service)

@@ -39,6 +39,7 @@ async def test_probes_are_open(api: tuple[Coordinator, FogClient, str]) -> None:
         "privacy",
         "jobs",
         "stats",
+        "studies",
     }
 
 
@@ -59,19 +60,20 @@ async def test_services_lists_registry_with_health_and_breakers(
     view = await client.services()
     ids = [s.service_id for s in view.services]
     assert ids == [
-        "privacy",
         "storage",
         "auth",
         "harvesting",
+        "privacy",
         "stats",
         "tokenomics",
         "marketplace",
+        "studies",
         "jobs",
     ]
     assert view.start_levels == [
-        ["privacy", "storage"],
-        ["auth", "harvesting", "stats", "tokenomics"],
-        ["marketplace"],
+        ["storage"],
+        ["auth", "harvesting", "privacy", "stats", "tokenomics"],
+        ["marketplace", "studies"],
         ["jobs"],
     ]
     assert all(s.breaker.value == "closed" for s in view.services)

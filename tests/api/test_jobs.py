@@ -203,12 +203,26 @@ async def test_an_unknown_job_is_a_404(api: Api) -> None:
 # --- privacy -----------------------------------------------------------------------------------
 
 
+async def test_privacy_budgets_noise_and_secure_sums_answer(api: Api) -> None:
+    budgets = await api.admin.request("POST", "/v1/privacy/budgets", json={"participants": ["p1"]})
+    assert budgets == {"p1": pytest.approx(10.0)}
+    view = await api.admin.request("GET", "/v1/privacy/budgets")
+    assert [b["participant_id"] for b in view] == ["p1"]
+    noisy = await api.admin.request(
+        "POST", "/v1/privacy/noise", json={"data": [3.0, 4.0], "epsilon": 1.0}
+    )
+    assert len(noisy) == 2
+    total = await api.admin.request(
+        "POST",
+        "/v1/privacy/aggregate",
+        json={"gradients": {"p1": [1.0, 2.0], "p2": [2.0, 3.0], "p3": [0.5, 0.5]}, "clip": 4.0},
+    )
+    assert total == pytest.approx([3.5, 5.5], abs=1e-3)
+
+
 @pytest.mark.parametrize(
     ("path", "data"),
     [
-        ("/v1/privacy/noise", {"data": [1.0, 2.0], "epsilon": 1.0}),
-        ("/v1/privacy/budgets", {"participants": ["p1"]}),
-        ("/v1/privacy/aggregate", {"gradients": {"p1": [1.0], "p2": [2.0]}}),
         ("/v1/privacy/routes", {"hops": 3}),
         ("/v1/privacy/hidden-services", {"owner": "o", "target_port": 8080}),
     ],

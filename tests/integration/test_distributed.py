@@ -45,6 +45,7 @@ async def test_coordinator_runs_on_nats_and_postgres(
             "privacy": HealthState.PASSING,
             "jobs": HealthState.PASSING,
             "stats": HealthState.PASSING,
+            "studies": HealthState.PASSING,
         }
         assert coord.storage.backend == "postgresql"
         bootstrap = coord.auth.bootstrap_key

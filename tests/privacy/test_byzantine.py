@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from sqlalchemy.engine import Engine
 
 from fogcoord.config import PrivacyConfig
 from fogcoord.contracts.errors import FeatureUnavailable
@@ -21,6 +22,7 @@ from fogcoord.contracts.privacy import (
     RouteSpec,
 )
 from fogcoord.privacy.service import FogPrivacyService
+from fogcoord.storage.engine import create_engine
 
 A, B, C = "a" * 64, "b" * 64, "c" * 64
 
@@ -40,7 +42,7 @@ def published() -> Published:
 
 @pytest.fixture
 def privacy(published: Published) -> FogPrivacyService:
-    return FogPrivacyService(PrivacyConfig(), publish=published)
+    return FogPrivacyService(PrivacyConfig(), _memory_engine, publish=published)
 
 
 def result(who: str, output: str, fuel: int, task: str = "t1") -> ParticipantData:
@@ -117,7 +119,7 @@ results = st.lists(
 async def test_flags_are_exactly_the_results_outside_a_strict_plurality(
     rs: list[tuple[str, int]],
 ) -> None:
-    privacy = FogPrivacyService(PrivacyConfig())
+    privacy = FogPrivacyService(PrivacyConfig(), _memory_engine)
     data = [result(f"p{i}", out, fuel) for i, (out, fuel) in enumerate(rs)]
     counts = Counter(rs)
     ranked = counts.most_common()
@@ -128,18 +130,17 @@ async def test_flags_are_exactly_the_results_outside_a_strict_plurality(
         assert flagged == {f"p{i}" for i, r in enumerate(rs) if r != ranked[0][0]}
 
 
-async def test_model_updates_are_not_judged_here(privacy: FogPrivacyService) -> None:
-    update = ParticipantData(participant_id="p1", update=np.zeros(3))
-    with pytest.raises(FeatureUnavailable):
-        await privacy.detect_byzantine_behavior([update])
+async def test_a_poisoned_model_update_is_flagged(privacy: FogPrivacyService) -> None:
+    rng = np.random.default_rng(3)
+    honest = rng.normal(1.0, 0.1, size=(9, 50))
+    data = [ParticipantData(participant_id=f"p{i}", update=u) for i, u in enumerate(honest)]
+    data.append(ParticipantData(participant_id="bad", update=-10 * honest[0]))
+    assert await privacy.detect_byzantine_behavior(data) == ["bad"]
 
 
 @pytest.mark.parametrize(
     ("method", "args"),
     [
-        ("initialize_privacy_budgets", (["p1", "p2"],)),
-        ("apply_differential_privacy", (np.ones(4), 1.0)),
-        ("secure_aggregate", ({"p1": np.ones(2), "p2": np.ones(2)},)),
         ("setup_onion_routing", (RouteSpec(hops=3),)),
         ("create_hidden_service", (HiddenServiceSpec(owner="o", target_port=8080),)),
     ],
@@ -152,6 +153,10 @@ async def test_the_methods_not_built_yet_say_so(
     assert caught.value.code == "feature_unavailable"
     assert caught.value.http_status == 501
     assert caught.value.fields["reason"]
+
+
+def _memory_engine() -> Engine:
+    return create_engine("sqlite://")
 
 
 async def _settle() -> None:

@@ -25,6 +25,7 @@ from fogcoord.agent.device import DeviceSpec
 from fogcoord.agent.identity import DeviceIdentity, MemoryIdentityStore
 from fogcoord.agent.runner import Agent
 from fogcoord.agent.tasks import Cheat, CheatMode, TaskExecutor
+from fogcoord.agent.training import Poison, TrainingExecutor
 from fogcoord.api.schemas import Heartbeat
 from fogcoord.auth.models import PrincipalKind
 from fogcoord.client import FogClient
@@ -70,6 +71,7 @@ class Member:
     executor: TaskExecutor
     owner: str
     cheat: Cheat | None
+    poison: Poison | None = None
 
 
 class Workforce:
@@ -81,6 +83,7 @@ class Workforce:
         *,
         cheaters: int = 0,
         cheat_rate: float = 0.5,
+        poisoners: int = 0,
         workers: int = 2,
         interval: float = 5.0,
         seed: int = 7,
@@ -91,6 +94,7 @@ class Workforce:
         self.operator_key = operator_key
         self.n = n
         self.cheaters = cheaters
+        self.poisoners = poisoners
         self.cheat_rate = cheat_rate
         self.interval = interval
         self.rng = np.random.default_rng(seed)
@@ -103,6 +107,8 @@ class Workforce:
         await self.pool.start()
         regions = ("eu-west", "eu-central", "us-east", "ap-south")
         cheat_at = set(self.rng.choice(self.n, size=self.cheaters, replace=False).tolist())
+        honest = [i for i in range(self.n) if i not in cheat_at]
+        poison_at = set(self.rng.choice(honest, size=self.poisoners, replace=False).tolist())
         async with FogClient(self.url, self.operator_key) as admin:
             keys = await asyncio.gather(
                 *(
@@ -132,10 +138,12 @@ class Workforce:
             rng = np.random.default_rng(self.rng.integers(1 << 32))
             executor = TaskExecutor(_identity_of(agent), self.pool, cheat=cheat, rng=rng.random)
             agent.on("task", executor)
+            poison = Poison() if i in poison_at else None
+            agent.on("study", TrainingExecutor(_identity_of(agent), poison=poison))
             markup = Decimal(int(self.rng.integers(0, 20))) / 100
             bidder = AutoBidder(agent, AskPolicy(markup=markup))
             self.members.append(
-                Member(agent, bidder, executor, keys[i].principal.principal_id, cheat)
+                Member(agent, bidder, executor, keys[i].principal.principal_id, cheat, poison)
             )
         for m in self.members:
             self._tasks.append(asyncio.get_running_loop().create_task(m.agent.run()))
@@ -158,6 +166,9 @@ class Workforce:
             for m in self.members
             if m.cheat is not None
         }
+
+    def poisoner_ids(self) -> set[str]:
+        return {m.agent.device_id or "?" for m in self.members if m.poison is not None}
 
     def tasks_run(self) -> dict[str, int]:
         """Device id -> tasks its agent ran (0 for a device no auction hired)."""

@@ -20,6 +20,7 @@ from fogcoord.api.routes import (
     market,
     privacy,
     stats,
+    studies,
     system,
     wallets,
 )
@@ -99,5 +100,6 @@ def create_app(coord: Coordinator, *, manage_lifecycle: bool = True) -> FastAPI:
     app.include_router(jobs.router)
     app.include_router(privacy.router)
     app.include_router(stats.router)
+    app.include_router(studies.router)
     app.include_router(dashboard.router)
     return app

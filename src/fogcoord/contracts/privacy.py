@@ -10,6 +10,7 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from fogcoord.contracts.errors import Conflict
 from fogcoord.contracts.events import ServiceEvent
 
 Tensor = Any
@@ -87,3 +88,28 @@ class PrivacyProtocol(Protocol):
     async def explain_byzantine(
         self, participant_data: list[ParticipantData]
     ) -> list[ByzantineFlag]: ...
+
+
+class PrivacyBudgetExhausted(Conflict):
+    """A round would take ``participants`` past their privacy budget, so nobody was charged.
+
+    ``needed`` is the epsilon the round would add for the participant who would overshoot the most
+    and ``remaining`` is what that participant has left (``needed > remaining``). Epsilon does not
+    add up linearly under composition, so ``needed`` is the difference between that participant's
+    spending after and before the round.
+    """
+
+    code = "privacy_budget_exhausted"
+
+    def __init__(self, participants: list[str], needed: float, remaining: float) -> None:
+        names = ", ".join(participants[:5]) + (" ..." if len(participants) > 5 else "")
+        super().__init__(
+            f"{len(participants)} participant(s) lack the privacy budget for this round ({names}):"
+            f" the worst needs epsilon {needed:.4g} with {remaining:.4g} left",
+            participants=list(participants),
+            needed=needed,
+            remaining=remaining,
+        )
+        self.participants = list(participants)
+        self.needed = needed
+        self.remaining = remaining

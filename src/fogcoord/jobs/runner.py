@@ -97,6 +97,7 @@ class JobRunner(ServiceBase):
         publish: Publish | None = None,
         rng: np.random.Generator | None = None,
         tick_seconds: float = 0.02,
+        connected: Callable[[str], bool] | None = None,
     ) -> None:
         super().__init__(
             NAME,
@@ -108,6 +109,7 @@ class JobRunner(ServiceBase):
         self._engine = engine
         self._resolve = resolve
         self._send = send
+        self._connected = connected
         self.executor = executor
         self.rng = rng if rng is not None else np.random.default_rng()
         self.tick_seconds = tick_seconds
@@ -376,8 +378,11 @@ class JobRunner(ServiceBase):
     def _dispatch(self, job: Job) -> None:
         limit = self.config.max_in_flight_per_device
         ready = job.ready
+        connected = self._connected
         free = sum(
-            max(0, limit - self._in_flight.get(d, 0)) for d in job.pool if d not in job.cheaters
+            max(0, limit - self._in_flight.get(d, 0))
+            for d in job.pool
+            if d not in job.cheaters and (connected is None or connected(d))
         )
         for _ in range(len(ready)):
             task = ready[0]
@@ -427,9 +432,12 @@ class JobRunner(ServiceBase):
         preferred = job.plan.get(task.task_id, ())
         best: str | None = None
         best_load = limit
+        connected = self._connected
         for device in (*preferred, *job.pool):
             if device in used or device in job.cheaters:
                 continue
+            if connected is not None and not connected(device):
+                continue  # pushing to a closed channel would only lose the replica again
             load = self._in_flight.get(device, 0)
             if load >= best_load or job.owners.get(device) in owners:
                 continue

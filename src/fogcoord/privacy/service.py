@@ -1,15 +1,27 @@
-"""FogPrivacyService: Byzantine detection for compute results.
+"""FogPrivacyService: differential privacy with per-participant budgets, robust aggregation,
+Byzantine detection (of compute results and of model updates) and secure aggregation.
 
-Differential privacy, secure aggregation and onion routing are separate parts of this service that
-this deployment does not include yet: their methods raise :class:`FeatureUnavailable` (HTTP 501)
-with the reason, rather than pretending to protect anything.
+Onion routing and hidden services are a separate part of this service that this deployment does
+not include yet: their methods raise :class:`FeatureUnavailable` (HTTP 501) with the reason,
+rather than pretending to protect anything.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import math
+import secrets
+from collections.abc import Callable
+from typing import Any, cast
+
+import numpy as np
+from sqlalchemy.engine import Engine
+
+from fogcoord import secagg
 from fogcoord.clock import Clock
 from fogcoord.config import PrivacyConfig
-from fogcoord.contracts.errors import FeatureUnavailable
+from fogcoord.contracts.errors import Conflict, FeatureUnavailable, ValidationFailed
 from fogcoord.contracts.lifecycle import HealthStatus
 from fogcoord.contracts.privacy import (
     ByzantineFlag,
@@ -21,23 +33,190 @@ from fogcoord.contracts.privacy import (
     Tensor,
 )
 from fogcoord.lifecycle import Publish, ServiceBase
+from fogcoord.privacy.budgets import BudgetBook
 from fogcoord.privacy.byzantine import compute_flags
+from fogcoord.privacy.detect import detect_updates
+from fogcoord.privacy.dp import apply_dp, gaussian_sigma
+from fogcoord.privacy.grouped import grouped_robust_aggregate, random_groups
+from fogcoord.privacy.robust import robust_mean
 
 NAME = "privacy"
+log = logging.getLogger(__name__)
+
+
+class TooManyByzantine(Conflict):
+    """More participants look Byzantine than the configured tolerance: no one is named."""
+
+    code = "too_many_byzantine"
+
+    def __init__(self, share: float, tolerance: float) -> None:
+        super().__init__(
+            f"{share:.0%} of the participants look Byzantine, more than the tolerated "
+            f"{tolerance:.0%}: refusing to guess which",
+            suspected_share=share,
+            tolerance=tolerance,
+        )
 
 
 class FogPrivacyService(ServiceBase):
     service_type = NAME
 
     def __init__(
-        self, config: PrivacyConfig, *, clock: Clock | None = None, publish: Publish | None = None
+        self,
+        config: PrivacyConfig,
+        engine: Callable[[], Engine],
+        *,
+        clock: Clock | None = None,
+        publish: Publish | None = None,
+        rng: np.random.Generator | None = None,
     ) -> None:
-        super().__init__(NAME, clock=clock, publish=publish)
+        super().__init__(NAME, dependencies=("storage",), clock=clock, publish=publish)
         self.config = config
+        self._engine = engine
+        self._budgets: BudgetBook | None = None
+        self._rng = rng
+        self._sessions: dict[str, Any] = {}
         self.flagged = 0
+
+    async def on_start(self) -> None:
+        dp = self.config.differential_privacy
+        self._budgets = await asyncio.to_thread(
+            BudgetBook,
+            self._engine(),
+            budget_epsilon=dp.budget_per_participant,
+            delta=dp.default_delta,
+        )
+
+    @property
+    def budgets(self) -> BudgetBook:
+        if self._budgets is None:
+            raise RuntimeError("privacy is not started")
+        return self._budgets
 
     async def check_health(self) -> HealthStatus:
         return HealthStatus.passing(f"{self.flagged} participants flagged")
+
+    def _generator(self) -> np.random.Generator:
+        # production noise comes from a generator seeded by the OS for every call; tests inject
+        return self._rng if self._rng is not None else np.random.default_rng(secrets.randbits(128))
+
+    # --- differential privacy and budgets ------------------------------------------------------
+
+    async def initialize_privacy_budgets(self, participants: list[str]) -> dict[str, float]:
+        """Give each participant ``budget_per_participant`` (once); remaining epsilon each."""
+        return await asyncio.to_thread(self.budgets.initialize, participants)
+
+    def noise_multiplier(self, epsilon: float, delta: float | None = None) -> float:
+        """Gaussian noise per unit of sensitivity for (epsilon, delta) in one round."""
+        return gaussian_sigma(epsilon, delta or self.config.differential_privacy.default_delta)
+
+    async def affordable(
+        self, participants: list[str], epsilon: float, delta: float | None = None
+    ) -> list[str]:
+        """Those who can take one more round at (epsilon, delta), in the order given."""
+        z = self.noise_multiplier(epsilon, delta)
+        able = set(await asyncio.to_thread(self.budgets.can_afford, participants, z))
+        return [p for p in participants if p in able]
+
+    async def charge_round(
+        self, participants: list[str], epsilon: float, delta: float | None, round_id: str
+    ) -> dict[str, float]:
+        """Charge exactly these participants for one round (all or none); epsilon spent each."""
+        z = self.noise_multiplier(epsilon, delta)
+        return await asyncio.to_thread(self.budgets.charge, participants, z, round_id)
+
+    def budget_view(self) -> list[dict[str, Any]]:
+        return self.budgets.view()
+
+    async def apply_differential_privacy(
+        self,
+        data: Tensor,
+        epsilon: float,
+        *,
+        delta: float | None = None,
+        clip_norm: float = 1.0,
+        mechanism: str = "gaussian",
+    ) -> Tensor:
+        """Clip ``data`` to ``clip_norm`` (L2) and add noise calibrated for (epsilon, delta)."""
+        return apply_dp(
+            data,
+            epsilon,
+            delta=delta or self.config.differential_privacy.default_delta,
+            clip_norm=clip_norm,
+            mechanism=cast(Any, mechanism),
+            rng=self._generator(),
+        )
+
+    async def noisy_mean(
+        self,
+        total: np.ndarray[Any, Any],
+        count: int,
+        epsilon: float,
+        delta: float | None,
+        clip_norm: float,
+    ) -> tuple[np.ndarray[Any, Any], float]:
+        """Central DP: the mean of ``count`` clipped contributions summing to ``total``.
+
+        Gaussian noise with sigma = noise multiplier x ``clip_norm`` (one participant changes the
+        sum by at most the clip norm) is added to the sum before dividing; returns (mean, sigma).
+        """
+        if count <= 0:
+            raise ValidationFailed("count", "at least one contribution")
+        sigma = self.noise_multiplier(epsilon, delta) * clip_norm
+        vector = np.asarray(total, dtype=np.float64)
+        noise = self._generator().standard_normal(vector.shape) * sigma
+        return (vector + noise) / count, sigma
+
+    # --- robust aggregation --------------------------------------------------------------------
+
+    async def robust_aggregate(
+        self, updates: dict[str, np.ndarray[Any, Any]], method: str, round_id: str
+    ) -> tuple[np.ndarray[Any, Any], list[ByzantineFlag], bool]:
+        """A robust mean of the updates, the participants flagged, and whether too many looked
+        Byzantine to name any (then none is flagged and the aggregate is still robust)."""
+        aggregate, flags, too_many = await asyncio.to_thread(
+            self._robust, updates, method, round_id
+        )
+        self._flag(flags)
+        return aggregate, flags, too_many
+
+    def _robust(
+        self, updates: dict[str, np.ndarray[Any, Any]], method: str, round_id: str
+    ) -> tuple[np.ndarray[Any, Any], list[ByzantineFlag], bool]:
+        tolerance = self.config.secure_aggregation.byzantine_tolerance
+        detection = detect_updates(updates, tolerance, round_id=round_id)
+        ids = list(updates)
+        matrix = np.stack([np.asarray(updates[i], dtype=np.float64) for i in ids])
+        aggregate = robust_mean(matrix, method, tolerance)
+        flags = [] if detection.too_many else list(detection.flags)
+        return aggregate, flags, detection.too_many
+
+    def groups(self, participants: list[str], group_size: int, seed: str) -> list[list[str]]:
+        """Random groups of at least ``group_size``, the same for anyone with the seed."""
+        return random_groups(participants, group_size, seed)
+
+    async def grouped_aggregate(
+        self,
+        group_sums: dict[str, np.ndarray[Any, Any]],
+        group_sizes: dict[str, int],
+        method: str,
+    ) -> np.ndarray[Any, Any]:
+        """Robust aggregation across secure group sums: one spoiled group cannot steer it."""
+        tolerance = self.config.secure_aggregation.byzantine_tolerance
+        f = min(int(tolerance * len(group_sums)), max(0, (len(group_sums) - 3) // 2))
+        method = method if method in ("median", "trimmed_mean", "krum", "multi_krum") else "median"
+        return await asyncio.to_thread(
+            grouped_robust_aggregate, group_sums, group_sizes, cast(Any, method), f
+        )
+
+    def _flag(self, flags: list[ByzantineFlag]) -> None:
+        self.flagged += len(flags)
+        for f in flags:
+            self.emit(
+                ByzantineFlagged(
+                    source=NAME, participant_id=f.participant_id, task_id=f.task_id, reason=f.reason
+                )
+            )
 
     async def detect_byzantine_behavior(self, participant_data: list[ParticipantData]) -> list[str]:
         """Ids of the participants whose compute results disagree with the accepted one."""
@@ -46,12 +225,20 @@ class FogPrivacyService(ServiceBase):
     async def explain_byzantine(
         self, participant_data: list[ParticipantData]
     ) -> list[ByzantineFlag]:
-        updates = [d for d in participant_data if d.update is not None]
+        updates = {d.participant_id: d.update for d in participant_data if d.update is not None}
         if updates:
-            raise FeatureUnavailable(
-                "byzantine detection of model updates",
-                "robust aggregation of update vectors is not part of this deployment",
+            round_id = next((d.task_id for d in participant_data if d.task_id), "") or ""
+            tolerance = self.config.secure_aggregation.byzantine_tolerance
+            detection = await asyncio.to_thread(
+                detect_updates,
+                {k: np.asarray(v, dtype=np.float64).ravel() for k, v in updates.items()},
+                tolerance,
+                round_id=round_id,
             )
+            if detection.too_many:
+                raise TooManyByzantine(detection.suspected_share, tolerance)
+            self._flag(list(detection.flags))
+            return list(detection.flags)
         flags = compute_flags(participant_data)
         self.flagged += len(flags)
         for f in flags:
@@ -62,16 +249,86 @@ class FogPrivacyService(ServiceBase):
             )
         return flags
 
-    async def initialize_privacy_budgets(self, participants: list[str]) -> dict[str, float]:
-        raise FeatureUnavailable("privacy budgets", "differential privacy is not available yet")
+    # --- secure aggregation --------------------------------------------------------------------
 
-    async def apply_differential_privacy(self, data: Tensor, epsilon: float) -> Tensor:
-        raise FeatureUnavailable(
-            "differential privacy", "differential privacy is not available yet"
+    def secagg_shape(self, n: int) -> tuple[int | None, int]:
+        """(neighbours, threshold) for ``n`` clients: the complete graph (SecAgg) up to 30
+        clients, then SecAgg+ with about 2 log2(n) + 1 neighbours; the threshold is a strict
+        majority of a client's neighbourhood, never below ``threshold_participants``."""
+        floor = self.config.secure_aggregation.threshold_participants
+        if n <= 30:
+            k = n - 1
+            neighbours = None
+        else:
+            k = min(n - 1, 2 * math.ceil(math.log2(n)) + 1)
+            neighbours = k
+        threshold = min(k, max(floor, k // 2 + 1))
+        return neighbours, threshold
+
+    async def secure_aggregate(
+        self, gradients: dict[str, Tensor], *, clip: float | None = None
+    ) -> Tensor:
+        """The sum of the participants' vectors by running SecAgg+ among them in-process."""
+        if len(gradients) < 2:
+            raise ValidationFailed("gradients", "secure aggregation needs at least 2 participants")
+        vectors = {k: np.asarray(v, dtype=np.float64) for k, v in gradients.items()}
+        shape = next(iter(vectors.values())).shape
+        flat = {k: v.ravel() for k, v in vectors.items()}
+        bound = clip if clip is not None else max(float(np.abs(v).max()) for v in flat.values())
+        neighbours, threshold = self.secagg_shape(len(flat))
+        total = await asyncio.to_thread(
+            secagg.secure_aggregate,
+            flat,
+            threshold=threshold,
+            neighbours=neighbours,
+            clip=max(bound, 1e-12),
+            rng=self._generator(),
         )
+        return np.asarray(total).reshape(shape)
 
-    async def secure_aggregate(self, gradients: dict[str, Tensor]) -> Tensor:
-        raise FeatureUnavailable("secure aggregation", "secure aggregation is not available yet")
+    def secagg_open(
+        self, session: str, participants: list[str], vector_length: int, clip: float
+    ) -> dict[str, str]:
+        """Start a networked SecAgg+ round; the setup request for each client, as JSON."""
+        neighbours, threshold = self.secagg_shape(len(participants))
+        server = secagg.SecAggServer(
+            participants,
+            threshold=threshold,
+            vector_length=vector_length,
+            clip=clip,
+            neighbours=neighbours,
+            round_id=session,
+        )
+        self._sessions[session] = server
+        return {c: secagg.encode_message(m) for c, m in server.setup().items()}
+
+    def secagg_step(
+        self, session: str, replies: dict[str, str]
+    ) -> tuple[dict[str, str], np.ndarray[Any, Any] | None, list[str]]:
+        """Take one stage's replies; the next requests, or (at the end) the masked sum and the
+        clients whose inputs it includes."""
+        server = self._sessions[session]
+        for client, raw in replies.items():
+            try:
+                server.receive(cast(Any, secagg.decode_message(raw)))
+            except (secagg.ProtocolError, ValueError) as exc:  # counted as a dropout
+                log.info("secure aggregation %s: reply of %s refused: %s", session, client, exc)
+        stage = server.stage
+        try:
+            if stage is secagg.Stage.ADVERTISE_KEYS:
+                nxt: dict[str, Any] = server.close_advertise_keys()
+            elif stage is secagg.Stage.SHARE_KEYS:
+                nxt = server.close_share_keys()
+            elif stage is secagg.Stage.MASKED_INPUT:
+                nxt = server.close_masked_input()
+            else:
+                result = server.close_unmasking()
+                del self._sessions[session]
+                return {}, np.asarray(result.total), sorted(result.included)
+        except Exception:
+            self._sessions.pop(session, None)
+            raise
+        return {c: secagg.encode_message(m) for c, m in nxt.items()}, None, []
 
     async def setup_onion_routing(self, route_spec: RouteSpec) -> OnionRoute:
         raise FeatureUnavailable("onion routing", "onion routing is not available yet")

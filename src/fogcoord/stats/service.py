@@ -106,6 +106,7 @@ class FogSystemStatsService(ServiceBase):
         self.latest: dict[str, float] = {}
         self.latest_at = 0.0
         self._events: list[tuple[str, int, float]] = []
+        self._event_last: dict[str, int] = {}
         self.recent: deque[dict[str, Any]] = deque(maxlen=RECENT_EVENTS)
         self.event_counts: dict[str, int] = {}
         self._listeners: set[asyncio.Queue[dict[str, Any]]] = set()
@@ -220,8 +221,23 @@ class FogSystemStatsService(ServiceBase):
 
     async def _write_events(self) -> None:
         rows, self._events = self._events, []
-        if rows:
-            await asyncio.to_thread(self.store.append_many, rows)
+        if not rows:
+            return
+        # a series keeps one point per instant: events of one type at the same millisecond (or
+        # arriving after a later one) are summed into one point no earlier than the last stored
+        sums: dict[tuple[str, int], float] = {}
+        for series, ts, value in rows:
+            ts = max(ts, self._event_last.get(series, ts))
+            sums[(series, ts)] = sums.get((series, ts), 0.0) + value
+        points = sorted(sums.items(), key=lambda kv: (kv[0][0], kv[0][1]))
+        out: list[tuple[str, int, float]] = []
+        for (series, ts), value in points:
+            last = self._event_last.get(series)
+            if last is not None and ts <= last:
+                ts = last + 1
+            self._event_last[series] = ts
+            out.append((series, ts, value))
+        await asyncio.to_thread(self.store.append_many, out)
 
     async def _persist(self) -> None:
         await self._write_events()
@@ -255,9 +271,10 @@ class FogSystemStatsService(ServiceBase):
                     count=s.count,
                     rate=s.count / span,
                     mean=s.sum / s.count,
-                    p50=q.quantile(0.5),
-                    p95=q.quantile(0.95),
-                    p99=q.quantile(0.99),
+                    # the sketch is accurate to 1 %: keep its estimates inside what was seen
+                    p50=min(max(q.quantile(0.5), s.min), s.max),
+                    p95=min(max(q.quantile(0.95), s.min), s.max),
+                    p99=min(max(q.quantile(0.99), s.min), s.max),
                     min=s.min,
                     max=s.max,
                 )

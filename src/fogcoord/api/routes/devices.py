@@ -221,6 +221,8 @@ async def channel(websocket: WebSocket, device_id: str) -> None:
 async def _handle(coord: Coordinator, device_id: str, message: object) -> dict[str, object]:
     if isinstance(message, dict) and message.get("type") == "task_result":
         return await coord.jobs.on_result(device_id, message)
+    if isinstance(message, dict) and message.get("type") == "study_result":
+        return coord.studies.on_reply(device_id, message)
     if not isinstance(message, dict) or message.get("type") != "heartbeat":
         return {"type": "error", "error": "validation_failed", "detail": "unknown message type"}
     try:

@@ -1,4 +1,7 @@
-"""Privacy: Byzantine detection of compute results; the other methods answer 501 until built."""
+"""Privacy: Byzantine detection, privacy budgets, differential privacy, secure aggregation.
+
+Onion routing and hidden services answer 501 until they are built.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from fogcoord.api.security import coordinator, require
 from fogcoord.auth.models import Identity, Scope
+from fogcoord.contracts.errors import ValidationFailed
 from fogcoord.contracts.privacy import ByzantineFlag, HiddenServiceSpec, ParticipantData, RouteSpec
 from fogcoord.coordinator import Coordinator
 
@@ -30,12 +34,16 @@ class Budgets(BaseModel):
 
 
 class Noise(BaseModel):
-    data: list[float] = Field(min_length=1)
+    data: list[float] = Field(min_length=1, max_length=10_000_000)
     epsilon: float = Field(gt=0)
+    delta: float | None = Field(default=None, gt=0, lt=1)
+    clip_norm: float = Field(default=1.0, gt=0)
+    mechanism: str = Field(default="gaussian", pattern="^(gaussian|laplace)$")
 
 
 class Aggregate(BaseModel):
-    gradients: dict[str, list[float]] = Field(min_length=1)
+    gradients: dict[str, list[float]] = Field(min_length=2)
+    clip: float | None = Field(default=None, gt=0)
 
 
 @router.post("/byzantine", response_model=list[ByzantineFlag], summary="Judge compute results")
@@ -47,7 +55,15 @@ async def byzantine(
     return await coord.privacy.explain_byzantine([ParticipantData(**r.model_dump()) for r in body])
 
 
-@router.post("/budgets", summary="Give participants their privacy budget (501 for now)")
+@router.get("/budgets", summary="Every participant's privacy budget: spent and remaining")
+async def budget_view(
+    coord: Coordinator = Depends(coordinator),
+    _: Identity = Depends(require(Scope.STATS_READ)),
+) -> list[dict[str, Any]]:
+    return coord.privacy.budget_view()
+
+
+@router.post("/budgets", summary="Give participants their privacy budget (once each)")
 async def budgets(
     body: Budgets,
     coord: Coordinator = Depends(coordinator),
@@ -56,24 +72,33 @@ async def budgets(
     return await coord.privacy.initialize_privacy_budgets(body.participants)
 
 
-@router.post("/noise", summary="Differential privacy on a vector (501 for now)")
+@router.post("/noise", summary="Clip a vector and add noise for (epsilon, delta)")
 async def noise(
     body: Noise,
     coord: Coordinator = Depends(coordinator),
     _: Identity = Depends(require(Scope.STUDIES_WRITE)),
 ) -> Any:
-    out = await coord.privacy.apply_differential_privacy(np.asarray(body.data), body.epsilon)
+    out = await coord.privacy.apply_differential_privacy(
+        np.asarray(body.data, dtype=np.float64),
+        body.epsilon,
+        delta=body.delta,
+        clip_norm=body.clip_norm,
+        mechanism=body.mechanism,
+    )
     return np.asarray(out).tolist()
 
 
-@router.post("/aggregate", summary="Secure aggregation (501 for now)")
+@router.post("/aggregate", summary="The sum of vectors by running SecAgg+ among them")
 async def aggregate(
     body: Aggregate,
     coord: Coordinator = Depends(coordinator),
     _: Identity = Depends(require(Scope.STUDIES_WRITE)),
 ) -> Any:
-    grads = {k: np.asarray(v) for k, v in body.gradients.items()}
-    return np.asarray(await coord.privacy.secure_aggregate(grads)).tolist()
+    lengths = {len(v) for v in body.gradients.values()}
+    if len(lengths) != 1:
+        raise ValidationFailed("gradients", "every vector must have the same length")
+    grads = {k: np.asarray(v, dtype=np.float64) for k, v in body.gradients.items()}
+    return np.asarray(await coord.privacy.secure_aggregate(grads, clip=body.clip)).tolist()
 
 
 @router.post("/routes", summary="Build an onion route (501 for now)")

@@ -1,0 +1,1 @@
+"""Federated studies: model training rounds across devices, private and robust."""
