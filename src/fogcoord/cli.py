@@ -598,6 +598,130 @@ def job_cancel(
     _job_summary(_run(send()))
 
 
+# --- studies -----------------------------------------------------------------------------------
+
+study_app = typer.Typer(
+    help="Federated studies: train a model across devices.", no_args_is_help=True
+)
+app.add_typer(study_app, name="study")
+
+
+def _study_summary(view: Any) -> None:
+    out.print(
+        f"study {view.study_id} ({view.name or 'unnamed'}): {view.state.value}, round "
+        f"{view.rounds_done} of {view.rounds}, {view.aggregation.value} aggregation",
+        highlight=False,
+    )
+    out.print(
+        f"  epsilon {view.epsilon_per_round:g} per round (delta {view.delta:g}); paid {view.paid}"
+        f" of {view.held} held",
+        highlight=False,
+    )
+    if view.history:
+        table = Table(
+            "round", "devices", "flagged", "accuracy", "noise sigma", "max epsilon", "paid"
+        )
+        for r in view.history:
+            table.add_row(
+                str(r.round),
+                str(len(r.participants)),
+                str(len(r.flagged)),
+                f"{r.accuracy:.3f}" if r.accuracy is not None else "",
+                f"{r.noise_sigma:.3f}",
+                f"{r.epsilon_spent_max:.2f}",
+                str(r.paid),
+            )
+        out.print(table)
+    if view.reason:
+        out.print(f"  reason: {view.reason}", highlight=False)
+
+
+@study_app.command("create")
+def study_create(
+    trainer: Annotated[str, typer.Option(help="trainer plugin the devices run")] = "logreg",
+    model: Annotated[
+        Path | None,
+        typer.Option(help=".npz of named arrays (default: the trainer's initial model)"),
+    ] = None,
+    trainer_config: Annotated[str, typer.Option("--trainer-config", help="JSON")] = "{}",
+    rounds: Annotated[int, typer.Option(min=1)] = 10,
+    clients: Annotated[int, typer.Option(min=2, help="clients per round")] = 20,
+    clip: Annotated[float, typer.Option(min=1e-9, help="L2 clip of each update")] = 1.0,
+    epsilon: Annotated[float, typer.Option(min=1e-9, help="per round")] = 4.0,
+    aggregation: Annotated[str, typer.Option(help="robust, secure or grouped")] = "robust",
+    method: Annotated[str, typer.Option(help="robust method")] = "multi_krum",
+    payment: Annotated[str, typer.Option(help="tokens per participant per round")] = "0.01",
+    name: Annotated[str, typer.Option()] = "",
+    url: UrlOpt = None,
+    api_key: KeyOpt = None,
+) -> None:
+    """Create a federated study; it runs round after round as devices are available."""
+    import json
+
+    import numpy as np
+    from pydantic import ValidationError
+
+    from fogcoord.client import FogClient
+    from fogcoord.contracts.studies import StudySpec, encode_model
+
+    try:
+        config = json.loads(trainer_config)
+    except ValueError as exc:
+        err.print(f"[red]--trainer-config: not JSON: {exc}[/red]", highlight=False)
+        raise typer.Exit(2) from None
+    if model is not None:
+        with np.load(model, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+    elif trainer == "logreg":
+        from fogcoord.trainers.logreg import initial_model
+
+        arrays = initial_model(config)
+    else:
+        err.print("[red]--model is needed for this trainer[/red]")
+        raise typer.Exit(2)
+    try:
+        spec = StudySpec(
+            name=name or trainer,
+            model=encode_model(arrays),
+            trainer=trainer,
+            trainer_config=config,
+            rounds=rounds,
+            clients_per_round=clients,
+            clip_norm=clip,
+            epsilon=epsilon,
+            aggregation=aggregation,
+            robust_method=method,
+            payment_per_round=_decimal("--payment", payment),
+        )
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        err.print(f"[red]{where}: {first['msg']}[/red]", highlight=False)
+        raise typer.Exit(2) from None
+
+    async def send() -> Any:
+        async with FogClient(url, api_key) as fog:
+            return await fog.create_study(spec)
+
+    _study_summary(_run(send()))
+
+
+@study_app.command("status")
+def study_status(
+    study_id: Annotated[str, typer.Argument(help="study id")],
+    url: UrlOpt = None,
+    api_key: KeyOpt = None,
+) -> None:
+    """A study's rounds: devices, flagged updates, accuracy, noise, privacy spent, pay."""
+    from fogcoord.client import FogClient
+
+    async def fetch() -> Any:
+        async with FogClient(url, api_key) as fog:
+            return await fog.study(study_id)
+
+    _study_summary(_run(fetch()))
+
+
 # --- market ------------------------------------------------------------------------------------
 
 market_app = typer.Typer(

@@ -155,6 +155,12 @@ class Coordinator:
             name="harvesting.trust",
             group="harvesting",
         )
+        await self.orchestration.subscribe(
+            DeviceDiscoveredEvent,
+            self._budget_for_new_device,
+            name="privacy.budgets",
+            group="privacy",
+        )
         for event_type in (DeviceDiscoveredEvent, DeviceStateChangedEvent):
             await self.orchestration.subscribe(
                 event_type,
@@ -168,6 +174,10 @@ class Coordinator:
         # a first collection now: the dashboard and /metrics have figures from the start
         await self.stats.collect_metrics()
         self._started = True
+
+    async def _budget_for_new_device(self, event: DeviceDiscoveredEvent) -> None:
+        """A newly discovered device gets its privacy budget at once."""
+        await self.privacy.initialize_privacy_budgets([event.device_id])
 
     async def stop(self, graceful: bool = True) -> bool:
         if not self._started:

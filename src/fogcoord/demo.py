@@ -37,8 +37,10 @@ from fogcoord.compute.examples import (
 from fogcoord.config import FogConfig
 from fogcoord.contracts.jobs import JobState, JobSubmission, JobView
 from fogcoord.contracts.marketplace import MarketMetrics
+from fogcoord.contracts.studies import Aggregation, StudySpec, decode_model, encode_model
 from fogcoord.coordinator import Coordinator
 from fogcoord.serve import serve
+from fogcoord.trainers.logreg import accuracy, held_out_set, initial_model
 
 IMAGE = (-2.2, -1.2, 1.0, 1.2)
 """The plane rectangle (x0, y0, x1, y1) of the Mandelbrot image."""
@@ -54,9 +56,24 @@ class DemoSize:
     max_iter: int = 500
     prime_ranges: int = 64
     prime_span: int = 25_000
+    poisoners: int = 5
+    study_rounds: int = 8
+    study_clients: int = 20
+    study_accuracy: float = 0.70
+    """The held-out accuracy the federated study must reach (10 classes: chance is 0.10)."""
 
 
-SMALL = DemoSize(devices=12, cheaters=2, width=256, height=192, prime_ranges=16)
+SMALL = DemoSize(
+    devices=12,
+    cheaters=2,
+    width=256,
+    height=192,
+    prime_ranges=16,
+    poisoners=1,
+    study_rounds=4,
+    study_clients=8,
+    study_accuracy=0.35,
+)
 
 
 async def run_demo(
@@ -95,7 +112,9 @@ async def _demo(coord: Coordinator, port: int, console: Console, size: DemoSize)
     started = time.perf_counter()
     console.print(f"[bold]fogcoord demo[/bold]: coordinator on {url}")
     console.print(f"live dashboard: {url}/?key={operator}", highlight=False, soft_wrap=True)
-    workforce = Workforce(url, operator, size.devices, cheaters=size.cheaters)
+    workforce = Workforce(
+        url, operator, size.devices, cheaters=size.cheaters, poisoners=size.poisoners
+    )
     try:
         await workforce.start()
         online = await workforce.wait_online()
@@ -116,6 +135,8 @@ async def _demo(coord: Coordinator, port: int, console: Console, size: DemoSize)
             after = await fog.wallet(wallet.wallet_id)
             metrics = await fog.market_metrics()
         caught = _report(final, workforce.cheater_ids(), workforce.tasks_run(), metrics, console)
+        async with FogClient(url, issued.key) as fog:
+            study_ok = await _study(fog, workforce.poisoner_ids(), size, console)
         console.print(
             f"requester spent {wallet.balance - after.balance} tokens "
             f"(of {sum(j.held for j in final)} held in escrow)"
@@ -123,7 +144,7 @@ async def _demo(coord: Coordinator, port: int, console: Console, size: DemoSize)
         ledger_ok = await _verify_ledger(coord, console)
         elapsed = time.perf_counter() - started
         console.print(f"demo finished in {elapsed:.1f} s")
-        return ok and caught and ledger_ok
+        return ok and caught and ledger_ok and study_ok
     finally:
         await workforce.stop()
 
@@ -298,6 +319,56 @@ def _report(
         how = cheaters.get(device, "[red]honest[/red]")
         console.print(f"  {device} ({how}, {ran.get(device, 0)} tasks): pending pay voided")
     return not wrongly
+
+
+async def _study(fog: FogClient, poisoners: set[str], size: DemoSize, console: Console) -> bool:
+    """A federated study on the same devices: private, robust, paid per round."""
+    config: dict[str, Any] = {}
+    spec = StudySpec(
+        name="logreg",
+        model=encode_model(initial_model(config)),
+        trainer="logreg",
+        trainer_config=config,
+        rounds=size.study_rounds,
+        clients_per_round=size.study_clients,
+        clip_norm=1.0,
+        epsilon=4.0,
+        aggregation=Aggregation.ROBUST,
+        payment_per_round=Decimal("0.01"),
+    )
+    view = await fog.create_study(spec)
+    console.print(
+        f"federated study {view.study_id}: logistic regression on {size.devices} non-IID devices, "
+        f"{size.study_clients} per round, epsilon {spec.epsilon:g} per round, "
+        f"{len(poisoners)} poisoning"
+    )
+    while view.state.value == "running":
+        await asyncio.sleep(0.2)
+        view = await fog.study(view.study_id)
+    table = Table(title="federated rounds")
+    for col in ("round", "devices", "flagged", "device accuracy", "max epsilon", "paid"):
+        table.add_column(col, justify="right")
+    for r in view.history:
+        table.add_row(
+            str(r.round),
+            str(len(r.participants)),
+            str(len(r.flagged)),
+            f"{r.accuracy:.3f}" if r.accuracy is not None else "",
+            f"{r.epsilon_spent_max:.2f}",
+            str(r.paid),
+        )
+    console.print(table)
+    model = decode_model(await fog.study_model(view.study_id))
+    x, y = held_out_set(config, 4_000)
+    acc = accuracy(model, x, y)
+    flagged = set(view.flagged_total)
+    wrongly = flagged - poisoners
+    console.print(
+        f"study {view.state.value}: held-out accuracy {acc:.3f} (needs {size.study_accuracy}); "
+        f"poisoners caught {len(flagged & poisoners)} of {len(poisoners)}"
+        + (f", [red]{len(wrongly)} honest devices flagged[/red]" if wrongly else "")
+    )
+    return view.state.value == "completed" and acc >= size.study_accuracy and not wrongly
 
 
 async def _verify_ledger(coord: Coordinator, console: Console) -> bool:
