@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -148,14 +148,9 @@ def demo(
 @app.command()
 def services(url: UrlOpt = None, api_key: KeyOpt = None) -> None:
     """Show the service registry of a running coordinator."""
-    from fogcoord.client import FogClient
     from fogcoord.render import services_table
 
-    async def fetch() -> Any:
-        async with FogClient(url, api_key) as fog:
-            return await fog.services()
-
-    out.print(services_table(_run(fetch())))
+    out.print(services_table(_api(url, api_key, lambda fog: fog.services())))
 
 
 @app.command()
@@ -291,14 +286,20 @@ def keys_revoke(
     api_key: KeyOpt = None,
 ) -> None:
     """Revoke a key at once."""
+
+    info = _api(url, api_key, lambda fog: fog.revoke_key(key_id))
+    out.print(f"revoked {info.key_id}")
+
+
+def _api(url: str | None, api_key: str | None, call: Callable[[Any], Awaitable[T]]) -> T:
+    """One call on a running coordinator through the Python client (errors as ``_run``)."""
     from fogcoord.client import FogClient
 
-    async def revoke() -> Any:
+    async def main() -> T:
         async with FogClient(url, api_key) as fog:
-            return await fog.revoke_key(key_id)
+            return await call(fog)
 
-    info = _run(revoke())
-    out.print(f"revoked {info.key_id}")
+    return _run(main())
 
 
 def _run_checked(coro: Awaitable[T]) -> T:
@@ -498,7 +499,6 @@ def job_submit(
     """Submit a job: one task per input file, run on devices, checked by replication."""
     import base64
 
-    from fogcoord.client import FogClient
     from fogcoord.contracts.jobs import JobSubmission
 
     raw = module.read_bytes()
@@ -516,11 +516,7 @@ def job_submit(
         slots=slots,
     )
 
-    async def send() -> Any:
-        async with FogClient(url, api_key) as fog:
-            return await fog.submit_job(body)
-
-    _job_summary(_run(send()))
+    _job_summary(_api(url, api_key, lambda fog: fog.submit_job(body)))
 
 
 @job_app.command("status")
@@ -530,13 +526,8 @@ def job_status(
     api_key: KeyOpt = None,
 ) -> None:
     """A job's state, progress and cost."""
-    from fogcoord.client import FogClient
 
-    async def fetch() -> Any:
-        async with FogClient(url, api_key) as fog:
-            return await fog.job(job_id)
-
-    _job_summary(_run(fetch()))
+    _job_summary(_api(url, api_key, lambda fog: fog.job(job_id)))
 
 
 @job_app.command("list")
@@ -589,13 +580,8 @@ def job_cancel(
     api_key: KeyOpt = None,
 ) -> None:
     """Cancel a job: verified work is paid, everything else returns to the requester."""
-    from fogcoord.client import FogClient
 
-    async def send() -> Any:
-        async with FogClient(url, api_key) as fog:
-            return await fog.cancel_job(job_id)
-
-    _job_summary(_run(send()))
+    _job_summary(_api(url, api_key, lambda fog: fog.cancel_job(job_id)))
 
 
 # --- studies -----------------------------------------------------------------------------------
@@ -661,7 +647,6 @@ def study_create(
     import numpy as np
     from pydantic import ValidationError
 
-    from fogcoord.client import FogClient
     from fogcoord.contracts.studies import StudySpec, encode_model
 
     try:
@@ -699,11 +684,7 @@ def study_create(
         err.print(f"[red]{where}: {first['msg']}[/red]", highlight=False)
         raise typer.Exit(2) from None
 
-    async def send() -> Any:
-        async with FogClient(url, api_key) as fog:
-            return await fog.create_study(spec)
-
-    _study_summary(_run(send()))
+    _study_summary(_api(url, api_key, lambda fog: fog.create_study(spec)))
 
 
 @study_app.command("status")
@@ -713,13 +694,8 @@ def study_status(
     api_key: KeyOpt = None,
 ) -> None:
     """A study's rounds: devices, flagged updates, accuracy, noise, privacy spent, pay."""
-    from fogcoord.client import FogClient
 
-    async def fetch() -> Any:
-        async with FogClient(url, api_key) as fog:
-            return await fog.study(study_id)
-
-    _study_summary(_run(fetch()))
+    _study_summary(_api(url, api_key, lambda fog: fog.study(study_id)))
 
 
 # --- market ------------------------------------------------------------------------------------
@@ -857,13 +833,8 @@ def market_auction(
     api_key: KeyOpt = None,
 ) -> None:
     """One auction, and its result once it has one."""
-    from fogcoord.client import FogClient
 
-    async def fetch() -> Any:
-        async with FogClient(url, api_key) as fog:
-            return await fog.auction(auction_id)
-
-    view = _run(fetch())
+    view = _api(url, api_key, lambda fog: fog.auction(auction_id))
     out.print(_auction_table(view))
     if view.result is not None:
         _print_result(view.result)
@@ -971,13 +942,8 @@ def market_settle(
     api_key: KeyOpt = None,
 ) -> None:
     """Settle your auction now (with at least as many asks as slots, or a partial fill)."""
-    from fogcoord.client import FogClient
 
-    async def settle() -> Any:
-        async with FogClient(url, api_key) as fog:
-            return await fog.settle_auction(auction_id)
-
-    _print_result(_run(settle()))
+    _print_result(_api(url, api_key, lambda fog: fog.settle_auction(auction_id)))
 
 
 @market_app.command("cancel")
@@ -987,25 +953,15 @@ def market_cancel(
     api_key: KeyOpt = None,
 ) -> None:
     """Withdraw your open auction; the whole hold goes back."""
-    from fogcoord.client import FogClient
 
-    async def cancel() -> Any:
-        async with FogClient(url, api_key) as fog:
-            return await fog.cancel_auction(auction_id)
-
-    _print_result(_run(cancel()))
+    _print_result(_api(url, api_key, lambda fog: fog.cancel_auction(auction_id)))
 
 
 @market_app.command("metrics")
 def market_metrics(url: UrlOpt = None, api_key: KeyOpt = None) -> None:
     """Market volume, clearing prices, fill rate and revenue by role."""
-    from fogcoord.client import FogClient
 
-    async def fetch() -> Any:
-        async with FogClient(url, api_key) as fog:
-            return await fog.market_metrics()
-
-    m = _run(fetch())
+    m = _api(url, api_key, lambda fog: fog.market_metrics())
     table = Table("market", "value")
     table.add_row("volume", str(m.volume))
     table.add_row("open auctions", str(m.open_auctions))
