@@ -100,19 +100,7 @@ class FogClient:
     async def request(self, method: str, path: str, **kwargs: Any) -> Any:
         """Send a request; the decoded JSON body, or :class:`FogApiError`."""
         response = await self._http.request(method, path, **kwargs)
-        if response.status_code >= 400:
-            try:
-                body = response.json()
-            except ValueError:
-                body = {"error": "http_error", "detail": response.text}
-            if not isinstance(body, dict):
-                body = {"error": "http_error", "detail": str(body)}
-            raise FogApiError(
-                response.status_code,
-                str(body.get("error", "http_error")),
-                str(body.get("detail", "")),
-                body,
-            )
+        _raise_for(response)
         if not response.content:
             return None
         return response.json()
@@ -394,18 +382,26 @@ class FogClient:
     async def request_bytes(self, method: str, path: str, **kwargs: Any) -> bytes:
         """Like :meth:`request`, for endpoints that answer raw bytes."""
         response = await self._http.request(method, path, **kwargs)
-        if response.status_code >= 400:
-            try:
-                body = response.json()
-            except ValueError:
-                body = {"error": "http_error", "detail": response.text}
-            raise FogApiError(
-                response.status_code,
-                str(body.get("error", "http_error")),
-                str(body.get("detail", "")),
-                body,
-            )
+        _raise_for(response)
         return response.content
+
+
+def _raise_for(response: httpx.Response) -> None:
+    """:class:`FogApiError` for an error status, with the body's code and detail."""
+    if response.status_code < 400:
+        return
+    try:
+        body = response.json()
+    except ValueError:
+        body = {"error": "http_error", "detail": response.text}
+    if not isinstance(body, dict):
+        body = {"error": "http_error", "detail": str(body)}
+    raise FogApiError(
+        response.status_code,
+        str(body.get("error", "http_error")),
+        str(body.get("detail", "")),
+        body,
+    )
 
 
 def _job_path(job_id: str) -> str:
