@@ -30,4 +30,5 @@ MODULES: tuple[str, ...] = (
     "benchmarks.privacy_dp",
     "benchmarks.privacy_secagg",
     "benchmarks.privacy_krum",
+    "benchmarks.onion_circuit",
 )

@@ -59,6 +59,8 @@ ISSUE_FIGURES = {
     "privacy.secagg_100x100k.server",
     "privacy.secagg_100x100k.client",
     "privacy.krum_100x1m",
+    "onion.circuit_build.p50",
+    "onion.stream_throughput",
 }
 
 
