@@ -698,6 +698,110 @@ def study_status(
     _study_summary(_api(url, api_key, lambda fog: fog.study(study_id)))
 
 
+# --- onion routing -----------------------------------------------------------------------------
+
+onion_app = typer.Typer(help="Use the onion network of relays.", no_args_is_help=True)
+app.add_typer(onion_app, name="onion")
+
+
+@app.command()
+def relay(
+    coordinator: CoordinatorOpt = None,
+    api_key: Annotated[
+        str | None, typer.Option("--api-key", help="the owner's key ($FOGCOORD_API_KEY)")
+    ] = None,
+    host: Annotated[str, typer.Option(help="address to listen on (an IP literal)")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="0 picks a free port")] = 0,
+    exit_relay: Annotated[bool, typer.Option("--exit", help="let circuits leave here")] = False,
+    allow: Annotated[
+        list[str] | None,
+        typer.Option(help="exit rule NETWORK:LO-HI (repeatable; default loopback only)"),
+    ] = None,
+    bandwidth: Annotated[int, typer.Option(min=1, help="advertised, for path weighting")] = 1000,
+) -> None:
+    """Run an onion relay registered with the coordinator until Ctrl-C."""
+    import os
+    import signal
+
+    from fogcoord.agent.relaying import RelayRunner
+    from fogcoord.client import KEY_ENV
+
+    url = _coordinator_url(coordinator)
+    key = api_key or os.environ.get(KEY_ENV) or None
+
+    async def main() -> None:
+        runner = RelayRunner(
+            url,
+            key,
+            host=host,
+            port=port,
+            exit_relay=exit_relay,
+            exit_policy=allow,
+            bandwidth=bandwidth,
+        )
+        await runner.start()
+        r = runner.relay
+        out.print(
+            f"relay {r.identity.fingerprint} listening on {host}:{r.port}"
+            + (" (exit)" if exit_relay else ""),
+            highlight=False,
+        )
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            await stop.wait()
+        finally:
+            await runner.stop()
+
+    _run(main())
+
+
+@onion_app.command("socks")
+def onion_socks(
+    url: UrlOpt = None,
+    api_key: KeyOpt = None,
+    port: Annotated[int, typer.Option(min=0, max=65535, help="SOCKS5 port (0: any)")] = 9050,
+    hops: Annotated[int, typer.Option(min=1, max=8)] = 3,
+) -> None:
+    """A local SOCKS5 proxy whose connections leave through onion circuits."""
+    import signal
+
+    from fogcoord.client import FogClient
+    from fogcoord.onion.client import OnionClient
+    from fogcoord.onion.directory import SignedConsensus
+    from fogcoord.onion.socks import SocksServer
+
+    async def main() -> None:
+        async with FogClient(url, api_key) as fog:
+            authority = (await fog.request("GET", "/v1/onion/authority"))["ed25519"]
+            raw = await fog.request_bytes("GET", "/v1/onion/consensus")
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+        key = Ed25519PublicKey.from_public_bytes(bytes.fromhex(authority))
+        consensus = SignedConsensus.from_json(raw).verify(key)
+        client = OnionClient(consensus)
+        server = SocksServer(client, "127.0.0.1", port)
+        await server.start()
+        out.print(
+            f"SOCKS5 on 127.0.0.1:{server.port} through {len(consensus.relays)} relays "
+            f"({hops}-hop circuits); consensus signed by {authority[:16]}...",
+            highlight=False,
+        )
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            await stop.wait()
+        finally:
+            await server.stop()
+            await client.close()
+
+    _run(main())
+
+
 # --- market ------------------------------------------------------------------------------------
 
 market_app = typer.Typer(
@@ -1039,6 +1143,10 @@ def agent(
     workers: Annotated[
         int, typer.Option(min=1, max=64, help="sandbox processes running tasks at once")
     ] = 1,
+    relay_at: Annotated[
+        str | None,
+        typer.Option("--relay", help="also run an onion relay listening on HOST[:PORT]"),
+    ] = None,
 ) -> None:
     """Offer this machine as a device: register, heartbeat, bid and run tasks until Ctrl-C."""
     import logging
@@ -1074,6 +1182,15 @@ def agent(
         pool = WorkerPool(workers)
         device_agent.on("task", TaskExecutor(lambda: device_agent.identity, pool))
         device_agent.on("study", TrainingExecutor(lambda: device_agent.identity))
+        relay_runner = None
+        if relay_at is not None:
+            from fogcoord.agent.relaying import RelayRunner
+
+            relay_host, _, relay_port = relay_at.partition(":")
+            relay_runner = RelayRunner(
+                url, owner_key, host=relay_host or "127.0.0.1", port=int(relay_port or 0)
+            )
+            await relay_runner.start()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, device_agent.stop)
@@ -1084,6 +1201,8 @@ def agent(
                 loop.remove_signal_handler(sig)
             await bidder.close()
             pool.close()
+            if relay_runner is not None:
+                await relay_runner.stop()
         err.print(f"agent stopped (device {device_agent.device_id}, channel closed)")
 
     try:

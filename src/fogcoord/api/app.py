@@ -18,6 +18,7 @@ from fogcoord.api.routes import (
     jobs,
     keys,
     market,
+    onion,
     privacy,
     stats,
     studies,
@@ -99,6 +100,7 @@ def create_app(coord: Coordinator, *, manage_lifecycle: bool = True) -> FastAPI:
     app.include_router(market.router)
     app.include_router(jobs.router)
     app.include_router(privacy.router)
+    app.include_router(onion.router)
     app.include_router(stats.router)
     app.include_router(studies.router)
     app.include_router(dashboard.router)

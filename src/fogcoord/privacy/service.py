@@ -21,7 +21,7 @@ from sqlalchemy.engine import Engine
 from fogcoord import secagg
 from fogcoord.clock import Clock
 from fogcoord.config import PrivacyConfig
-from fogcoord.contracts.errors import Conflict, FeatureUnavailable, ValidationFailed
+from fogcoord.contracts.errors import Conflict, FeatureUnavailable, NotFound, ValidationFailed
 from fogcoord.contracts.lifecycle import HealthStatus
 from fogcoord.contracts.privacy import (
     ByzantineFlag,
@@ -33,11 +33,15 @@ from fogcoord.contracts.privacy import (
     Tensor,
 )
 from fogcoord.lifecycle import Publish, ServiceBase
+from fogcoord.onion.client import Circuit, OnionClient
+from fogcoord.onion.directory import PathError
+from fogcoord.onion.streams import OnionError, Stream
 from fogcoord.privacy.budgets import BudgetBook
 from fogcoord.privacy.byzantine import compute_flags
 from fogcoord.privacy.detect import detect_updates
 from fogcoord.privacy.dp import apply_dp, gaussian_sigma
 from fogcoord.privacy.grouped import grouped_robust_aggregate, random_groups
+from fogcoord.privacy.onion_directory import OnionDirectory
 from fogcoord.privacy.robust import robust_mean
 
 NAME = "privacy"
@@ -76,6 +80,9 @@ class FogPrivacyService(ServiceBase):
         self._budgets: BudgetBook | None = None
         self._rng = rng
         self._sessions: dict[str, Any] = {}
+        self._directory: OnionDirectory | None = None
+        self._routes: dict[int, tuple[OnionClient, Circuit]] = {}
+        self._route_id = 0
         self.flagged = 0
 
     async def on_start(self) -> None:
@@ -86,6 +93,11 @@ class FogPrivacyService(ServiceBase):
             budget_epsilon=dp.budget_per_participant,
             delta=dp.default_delta,
         )
+        self._directory = await asyncio.to_thread(OnionDirectory, self._engine())
+
+    async def on_stop(self) -> None:
+        for route_id in list(self._routes):
+            await self.close_route(route_id)
 
     @property
     def budgets(self) -> BudgetBook:
@@ -187,7 +199,12 @@ class FogPrivacyService(ServiceBase):
         detection = detect_updates(updates, tolerance, round_id=round_id)
         ids = list(updates)
         matrix = np.stack([np.asarray(updates[i], dtype=np.float64) for i in ids])
-        aggregate = robust_mean(matrix, method, tolerance)
+        try:
+            aggregate = robust_mean(matrix, method, tolerance)
+        except ValueError:
+            # too few updates for this method (Krum needs n >= 2f + 3): the coordinate-wise
+            # median still aggregates, with the protection so few updates allow
+            aggregate = robust_mean(matrix, "median", tolerance)
         flags = [] if detection.too_many else list(detection.flags)
         return aggregate, flags, detection.too_many
 
@@ -330,8 +347,39 @@ class FogPrivacyService(ServiceBase):
             raise
         return {c: secagg.encode_message(m) for c, m in nxt.items()}, None, []
 
+    # --- onion routing -------------------------------------------------------------------------
+
+    @property
+    def directory(self) -> OnionDirectory:
+        if self._directory is None:
+            raise RuntimeError("privacy is not started")
+        return self._directory
+
     async def setup_onion_routing(self, route_spec: RouteSpec) -> OnionRoute:
-        raise FeatureUnavailable("onion routing", "onion routing is not available yet")
+        """A circuit of ``route_spec.hops`` relays from the coordinator, chosen by bandwidth with
+        no two hops of one owner or one /16; open streams with :meth:`open_route_stream`."""
+        consensus = self.directory.consensus().verify(self.directory.authority.public_key)
+        client = OnionClient(consensus, timeout=10.0)
+        try:
+            circuit = await client.build_circuit(length=route_spec.hops)
+        except (PathError, OnionError) as exc:
+            await client.close()
+            raise Conflict(f"no onion route: {exc}", hops=route_spec.hops) from None
+        self._route_id += 1
+        self._routes[self._route_id] = (client, circuit)
+        return OnionRoute(circuit_id=self._route_id, relays=tuple(r.id for r in circuit.path))
+
+    async def open_route_stream(self, circuit_id: int, host: str, port: int) -> Stream:
+        route = self._routes.get(circuit_id)
+        if route is None:
+            raise NotFound("onion route", str(circuit_id))
+        return await route[1].open_stream(host, port)
+
+    async def close_route(self, circuit_id: int) -> None:
+        route = self._routes.pop(circuit_id, None)
+        if route is not None:
+            await route[1].close()
+            await route[0].close()
 
     async def create_hidden_service(self, service_spec: HiddenServiceSpec) -> str:
         raise FeatureUnavailable("hidden services", "hidden services are not available yet")

@@ -85,6 +85,7 @@ class Study:
         self.held = 0
         self.paid = 0
         self.flagged: dict[str, int] = {}
+        self.attempts = 0
         self.task: asyncio.Task[None] | None = None
 
 
@@ -237,16 +238,19 @@ class StudyRunner(ServiceBase):
         spec = study.spec
         harvesting = cast(HarvestingProtocol, await self._svc("harvesting"))
         privacy = await self._svc("privacy")
+        study.attempts += 1
+        seed = len(study.history) * 1_000 + study.attempts
         try:
             candidates = await harvesting.select_participants(
-                ResourceRequirements(count=spec.clients_per_round * 2, seed=len(study.history))
+                ResourceRequirements(count=spec.clients_per_round * 4, seed=seed)
             )
         except FogError as exc:
             available = exc.fields.get("eligible")
             if not available:
                 return []
+            # fewer eligible devices than asked for: take them all, budget decides below
             candidates = await harvesting.select_participants(
-                ResourceRequirements(count=int(available), seed=len(study.history))
+                ResourceRequirements(count=int(available), seed=seed)
             )
         live = [d for d in candidates if self._connected(d) and d not in study.flagged]
         await privacy.initialize_privacy_budgets(live)
@@ -284,11 +288,16 @@ class StudyRunner(ServiceBase):
         mean, sigma = await privacy.noisy_mean(
             total, len(used), spec.epsilon, delta, spec.clip_norm
         )
+        try:
+            # charged before the model moves: a round nobody could be charged for never counts
+            spent = await privacy.charge_round(used, spec.epsilon, delta, round_id)
+        except Conflict as exc:  # budget spent meanwhile (another study): try the round again
+            log.info("study %s round %d not charged: %s", study.study_id, number, exc)
+            return None
         step = unflatten(np.asarray(mean) * spec.server_learning_rate, study.model, study.names)
         study.model = {
             n: (study.model[n] + step[n]).astype(study.model[n].dtype) for n in study.names
         }
-        spent = await privacy.charge_round(used, spec.epsilon, delta, round_id)
         paid = await self._pay(study, [d for d in used if d not in flagged], number)
         weights = [m["examples"] for m in metrics.values() if "accuracy" in m]
         acc = (

@@ -101,11 +101,11 @@ async def aggregate(
     return np.asarray(await coord.privacy.secure_aggregate(grads, clip=body.clip)).tolist()
 
 
-@router.post("/routes", summary="Build an onion route (501 for now)")
+@router.post("/routes", summary="Build an onion circuit from the coordinator")
 async def routes(
     body: RouteSpec,
     coord: Coordinator = Depends(coordinator),
-    _: Identity = Depends(require(Scope.SERVICES_READ)),
+    _: Identity = Depends(require(Scope.ADMIN)),
 ) -> Any:
     return await coord.privacy.setup_onion_routing(body)
 
