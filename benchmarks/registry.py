@@ -31,4 +31,5 @@ MODULES: tuple[str, ...] = (
     "benchmarks.privacy_secagg",
     "benchmarks.privacy_krum",
     "benchmarks.onion_circuit",
+    "benchmarks.onion_hidden",
 )

@@ -61,6 +61,7 @@ ISSUE_FIGURES = {
     "privacy.krum_100x1m",
     "onion.circuit_build.p50",
     "onion.stream_throughput",
+    "onion.hidden_service_ready",
 }
 
 

@@ -98,6 +98,7 @@ class Coordinator:
         self.privacy = FogPrivacyService(
             config.privacy,
             lambda: self.storage.engine,
+            resolve=self.orchestration.discover_service,
             clock=self.clock,
             publish=self.orchestration.broadcast_event,
         )

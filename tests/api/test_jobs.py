@@ -220,21 +220,6 @@ async def test_privacy_budgets_noise_and_secure_sums_answer(api: Api) -> None:
     assert total == pytest.approx([3.5, 5.5], abs=1e-3)
 
 
-@pytest.mark.parametrize(
-    ("path", "data"),
-    [
-        ("/v1/privacy/routes", {"hops": 3}),
-        ("/v1/privacy/hidden-services", {"owner": "o", "target_port": 8080}),
-    ],
-)
-async def test_privacy_methods_not_built_yet_answer_501(
-    api: Api, path: str, data: dict[str, Any]
-) -> None:
-    error = await refused(api.admin.request("POST", path, json=data))
-    assert (error.status, error.code) == (501, "feature_unavailable")
-    assert error.body["reason"]
-
-
 async def test_byzantine_detection_judges_compute_results(api: Api) -> None:
     a, b = "a" * 64, "b" * 64
     results = [

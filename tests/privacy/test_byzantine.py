@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from typing import Any
 
 import numpy as np
 import pytest
@@ -13,13 +12,10 @@ from hypothesis import strategies as st
 from sqlalchemy.engine import Engine
 
 from fogcoord.config import PrivacyConfig
-from fogcoord.contracts.errors import FeatureUnavailable
 from fogcoord.contracts.events import ServiceEvent
 from fogcoord.contracts.privacy import (
     ByzantineFlagged,
-    HiddenServiceSpec,
     ParticipantData,
-    RouteSpec,
 )
 from fogcoord.privacy.service import FogPrivacyService
 from fogcoord.storage.engine import create_engine
@@ -136,23 +132,6 @@ async def test_a_poisoned_model_update_is_flagged(privacy: FogPrivacyService) ->
     data = [ParticipantData(participant_id=f"p{i}", update=u) for i, u in enumerate(honest)]
     data.append(ParticipantData(participant_id="bad", update=-10 * honest[0]))
     assert await privacy.detect_byzantine_behavior(data) == ["bad"]
-
-
-@pytest.mark.parametrize(
-    ("method", "args"),
-    [
-        ("setup_onion_routing", (RouteSpec(hops=3),)),
-        ("create_hidden_service", (HiddenServiceSpec(owner="o", target_port=8080),)),
-    ],
-)
-async def test_the_methods_not_built_yet_say_so(
-    privacy: FogPrivacyService, method: str, args: tuple[Any, ...]
-) -> None:
-    with pytest.raises(FeatureUnavailable) as caught:
-        await getattr(privacy, method)(*args)
-    assert caught.value.code == "feature_unavailable"
-    assert caught.value.http_status == 501
-    assert caught.value.fields["reason"]
 
 
 def _memory_engine() -> Engine:

@@ -14,6 +14,9 @@ import logging
 from typing import Any
 
 from fogcoord.client import FogApiError, FogClient
+from fogcoord.onion.descriptor import DescriptorStore
+from fogcoord.onion.hidden import install_hs_relay
+from fogcoord.onion.hsdir import install_hsdir
 from fogcoord.onion.policy import ExitPolicy
 from fogcoord.onion.relay import Relay
 
@@ -44,11 +47,15 @@ class RelayRunner:
         exit_relay: bool = False,
         exit_policy: list[str] | None = None,
         bandwidth: int = 1000,
+        max_services_per_node: int = 5,
     ) -> None:
         self.url = coordinator_url
         self.api_key = api_key
         policy = ExitPolicy.parse(exit_policy) if exit_policy else None
         self.relay = Relay(host, port, bandwidth=bandwidth, exit=exit_relay, exit_policy=policy)
+        # every relay can serve as an HSDir, an introduction point and a rendezvous point
+        install_hsdir(self.relay, DescriptorStore())
+        install_hs_relay(self.relay, max_services_per_node=max_services_per_node)
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:

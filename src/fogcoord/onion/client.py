@@ -146,6 +146,11 @@ class Circuit(CircuitEnd):
         """Call ``callback(hop, cell)`` for every relay cell with ``command``."""
         self._callbacks[command] = callback
 
+    def expect_relay(self, command: int) -> asyncio.Future[tuple[int, RelayCell]]:
+        """A future for the next relay cell with ``command``, registered before this returns,
+        so a request sent right after cannot have its answer arrive unseen."""
+        return self._expect(command)
+
     async def wait_relay(self, command: int, *, timeout: float | None = None) -> RelayCell:
         """The next relay cell with ``command`` (from any hop)."""
         _hop, cell = await asyncio.wait_for(self._expect(command), timeout or self.timeout)

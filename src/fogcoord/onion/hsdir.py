@@ -28,8 +28,9 @@ from __future__ import annotations
 
 import asyncio
 import struct
+import time
 from enum import IntEnum
-from typing import Any
+from typing import Any, TypeVar
 
 from fogcoord.onion.cells import RELAY_DATA_LEN, CellError, RelayCell
 from fogcoord.onion.client import Circuit
@@ -41,6 +42,8 @@ from fogcoord.onion.descriptor import (
     DescriptorVerificationError,
     StaleRevisionError,
 )
+from fogcoord.onion.directory import Consensus, RelayInfo
+from fogcoord.onion.hashring import TimePeriod, responsible_nodes
 from fogcoord.onion.hsaddr import OnionAddressError, canonical_onion_address
 from fogcoord.onion.relay import Relay, RelayCircuit
 from fogcoord.onion.streams import OnionError
@@ -56,6 +59,8 @@ MAX_MESSAGE_BYTES = MAX_DESCRIPTOR_BYTES + 1
 """A FOUND body is a status byte and a descriptor; a STORE body is the descriptor alone."""
 
 _UPLOAD_STATE = "hsdir.upload"
+
+T = TypeVar("T")
 
 
 class HSDirStatus(IntEnum):
@@ -187,12 +192,37 @@ _NEVER_SENT = 0xFF
 closes or the wait times out, which is how :func:`await_on_circuit` notices a dead circuit."""
 
 
+def relay_waiter(
+    circuit: Circuit, command: int, timeout: float | None = None
+) -> asyncio.Task[RelayCell]:
+    """A task for the next relay cell with ``command``, registered at once (so it may be created
+    right before sending what it answers, whatever the event loop's scheduling). Its failure is
+    retrieved even if nobody awaits it, since a circuit can close just as it is cancelled."""
+    expected = circuit.expect_relay(command)
+
+    async def wait() -> RelayCell:
+        try:
+            _hop, cell = await asyncio.wait_for(expected, timeout or circuit.timeout)
+        finally:
+            expected.cancel()
+        return cell
+
+    task = asyncio.ensure_future(wait())
+    task.add_done_callback(_retrieve)
+    return task
+
+
+def _retrieve(task: asyncio.Task[RelayCell]) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
 async def await_on_circuit(
-    circuit: Circuit, answer: asyncio.Future[bytes], timeout: float | None = None
-) -> bytes:
+    circuit: Circuit, answer: asyncio.Future[T], timeout: float | None = None
+) -> T:
     """``answer``'s result, or the :class:`CircuitClosed` of ``circuit`` if it dies first, or
     :class:`TimeoutError` after ``timeout`` (default: the circuit's)."""
-    watch = asyncio.ensure_future(circuit.wait_relay(_NEVER_SENT, timeout=timeout))
+    watch = relay_waiter(circuit, _NEVER_SENT, timeout)
     pending: set[asyncio.Future[Any]] = {answer, watch}
     try:
         await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
@@ -233,6 +263,26 @@ def collect_chunked(circuit: Circuit, command: int) -> asyncio.Future[bytes]:
 
     circuit.on_relay(command, on_chunk)
     return answer
+
+
+def hsdir_nodes(consensus: Consensus) -> dict[str, bytes]:
+    """The directory nodes of the hash ring: every relay of the consensus that carries traffic,
+    by id, with its Ed25519 identity (every relay of this network serves as an HSDir)."""
+    return {r.id: r.ed25519_bytes for r in consensus.relays if r.bandwidth > 0}
+
+
+def responsible_hsdirs(
+    consensus: Consensus,
+    address: str,
+    replication_factor: int,
+    *,
+    now: float | None = None,
+) -> list[RelayInfo]:
+    """The relays that store ``address``'s descriptor in the time period containing ``now``
+    (section 2.2.3): ``replication_factor`` replicas, one directory each."""
+    period = TimePeriod.at(time.time() if now is None else now)
+    ids = responsible_nodes(hsdir_nodes(consensus), address, replication_factor, period)
+    return [consensus.get(relay_id) for relay_id in ids]
 
 
 def _status(body: bytes) -> tuple[int, bytes]:
@@ -290,6 +340,9 @@ __all__ = [
     "chunk_message",
     "collect_chunked",
     "fetch_descriptor_bytes",
+    "hsdir_nodes",
     "install_hsdir",
+    "relay_waiter",
+    "responsible_hsdirs",
     "upload_descriptor",
 ]

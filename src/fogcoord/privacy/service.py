@@ -12,7 +12,8 @@ import asyncio
 import logging
 import math
 import secrets
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from decimal import Decimal
 from typing import Any, cast
 
 import numpy as np
@@ -32,6 +33,7 @@ from fogcoord.contracts.privacy import (
     RouteSpec,
     Tensor,
 )
+from fogcoord.contracts.tokenomics import Transaction
 from fogcoord.lifecycle import Publish, ServiceBase
 from fogcoord.onion.client import Circuit, OnionClient
 from fogcoord.onion.directory import PathError
@@ -41,6 +43,7 @@ from fogcoord.privacy.byzantine import compute_flags
 from fogcoord.privacy.detect import detect_updates
 from fogcoord.privacy.dp import apply_dp, gaussian_sigma
 from fogcoord.privacy.grouped import grouped_robust_aggregate, random_groups
+from fogcoord.privacy.hidden_services import HiddenServiceHost
 from fogcoord.privacy.onion_directory import OnionDirectory
 from fogcoord.privacy.robust import robust_mean
 
@@ -73,14 +76,17 @@ class FogPrivacyService(ServiceBase):
         clock: Clock | None = None,
         publish: Publish | None = None,
         rng: np.random.Generator | None = None,
+        resolve: Callable[[str], Awaitable[Any]] | None = None,
     ) -> None:
         super().__init__(NAME, dependencies=("storage",), clock=clock, publish=publish)
+        self._resolve = resolve
         self.config = config
         self._engine = engine
         self._budgets: BudgetBook | None = None
         self._rng = rng
         self._sessions: dict[str, Any] = {}
         self._directory: OnionDirectory | None = None
+        self._hidden: HiddenServiceHost | None = None
         self._routes: dict[int, tuple[OnionClient, Circuit]] = {}
         self._route_id = 0
         self.flagged = 0
@@ -94,8 +100,19 @@ class FogPrivacyService(ServiceBase):
             delta=dp.default_delta,
         )
         self._directory = await asyncio.to_thread(OnionDirectory, self._engine())
+        directory = self._directory
+        self._hidden = await asyncio.to_thread(
+            HiddenServiceHost,
+            self._engine(),
+            lambda: directory.consensus().verify(directory.authority.public_key),
+            self._pay_access,
+            replication_factor=self.config.hidden_services.replication_factor,
+        )
+        await self._hidden.restore()
 
     async def on_stop(self) -> None:
+        if self._hidden is not None:
+            await self._hidden.close()
         for route_id in list(self._routes):
             await self.close_route(route_id)
 
@@ -381,5 +398,59 @@ class FogPrivacyService(ServiceBase):
             await route[1].close()
             await route[0].close()
 
+    @property
+    def hidden(self) -> HiddenServiceHost:
+        if self._hidden is None:
+            raise RuntimeError("privacy is not started")
+        return self._hidden
+
     async def create_hidden_service(self, service_spec: HiddenServiceSpec) -> str:
-        raise FeatureUnavailable("hidden services", "hidden services are not available yet")
+        """A hidden service in front of the spec's target; its address at once (the descriptor
+        is published in the background: see :meth:`hidden_service_view`)."""
+        hosted = await self.hidden.create(
+            service_spec.owner,
+            service_spec.target_host,
+            service_spec.target_port,
+            service_spec.introduction_points,
+            None,
+        )
+        return hosted.address
+
+    def hidden_service_view(self, address: str) -> dict[str, Any]:
+        hosted = self.hidden.get(address)
+        service = hosted.service
+        return {
+            "address": hosted.address,
+            "owner": hosted.owner,
+            "created": True,
+            "published": service.published.is_set(),
+            "introduction_points": list(service.intro_relays),
+            "stored_on": list(service.stored_on),
+            "revision": service.descriptor.revision_counter if service.descriptor else None,
+            "access_fee_tokens": self.config.hidden_services.access_fee_tokens,
+            "error": hosted.error,
+        }
+
+    async def _pay_access(self, payer: str, owner: str, ticket: str) -> None:
+        fee = Decimal(repr(self.config.hidden_services.access_fee_tokens))
+        if fee <= 0:
+            return
+        tok = await self._resolve("tokenomics") if self._resolve is not None else None
+        if tok is None:
+            raise FeatureUnavailable("hidden service fees", "tokenomics is not running")
+        if tok.wallet_owner(owner) is None:
+            await tok.initialize_wallet(owner)
+        result = await tok.process_payment(
+            Transaction(
+                transaction_id=f"hs-{ticket[:24]}",
+                from_wallet=payer,
+                to_wallet=owner,
+                amount=fee,
+                memo="hidden service access",
+            )
+        )
+        if result.status.value == "failed":
+            raise Conflict(
+                f"the access fee of {fee} tokens could not be paid: {result.code}",
+                result=result.code,
+            )

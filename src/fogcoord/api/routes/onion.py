@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from fogcoord.api.security import coordinator, require
 from fogcoord.auth.models import Identity, Scope
+from fogcoord.contracts.privacy import HiddenServiceSpec
 from fogcoord.coordinator import Coordinator
 
 router = APIRouter(prefix="/v1/onion", tags=["onion"])
@@ -57,3 +58,54 @@ async def authority(
     _: Identity = Depends(require(Scope.SERVICES_READ)),
 ) -> dict[str, str]:
     return {"ed25519": coord.privacy.directory.public_key_hex}
+
+
+class ServiceCreate(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    target_host: str = Field(default="127.0.0.1", max_length=255)
+    target_port: int = Field(ge=1, le=65535)
+    introduction_points: int = Field(default=3, ge=1, le=10)
+
+
+@router.post("/services", status_code=201, summary="Create a hidden service (address at once)")
+async def create_service(
+    body: ServiceCreate,
+    coord: Coordinator = Depends(coordinator),
+    who: Identity = Depends(require(Scope.SERVICES_READ)),
+) -> dict[str, Any]:
+    spec = HiddenServiceSpec(owner=who.principal.principal_id, **body.model_dump())
+    address = await coord.privacy.create_hidden_service(spec)
+    return coord.privacy.hidden_service_view(address)
+
+
+@router.get("/services/{address}", summary="A hidden service: created, published, where")
+async def get_service(
+    address: str,
+    coord: Coordinator = Depends(coordinator),
+    _: Identity = Depends(require(Scope.SERVICES_READ)),
+) -> dict[str, Any]:
+    return coord.privacy.hidden_service_view(address)
+
+
+@router.post(
+    "/services/{address}/tickets", status_code=201, summary="Pay the access fee: a one-use ticket"
+)
+async def buy_ticket(
+    address: str,
+    coord: Coordinator = Depends(coordinator),
+    who: Identity = Depends(require(Scope.WALLETS_WRITE)),
+) -> dict[str, str]:
+    ticket = await coord.privacy.hidden.buy_ticket(address, who.principal.principal_id)
+    return {"address": address, "ticket": ticket}
+
+
+@router.delete("/services/{address}", status_code=204, summary="Take a hidden service down")
+async def remove_service(
+    address: str,
+    coord: Coordinator = Depends(coordinator),
+    who: Identity = Depends(require(Scope.SERVICES_READ)),
+) -> None:
+    await coord.privacy.hidden.remove(
+        address, who.principal.principal_id, admin=who.allows(Scope.ADMIN)
+    )

@@ -1,7 +1,5 @@
-"""Privacy: Byzantine detection, privacy budgets, differential privacy, secure aggregation.
-
-Onion routing and hidden services answer 501 until they are built.
-"""
+"""Privacy: Byzantine detection, privacy budgets, differential privacy, secure aggregation, and
+onion circuits from the coordinator (hidden services and the relay directory: ``/v1/onion``)."""
 
 from __future__ import annotations
 
@@ -14,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from fogcoord.api.security import coordinator, require
 from fogcoord.auth.models import Identity, Scope
 from fogcoord.contracts.errors import ValidationFailed
-from fogcoord.contracts.privacy import ByzantineFlag, HiddenServiceSpec, ParticipantData, RouteSpec
+from fogcoord.contracts.privacy import ByzantineFlag, ParticipantData, RouteSpec
 from fogcoord.coordinator import Coordinator
 
 router = APIRouter(prefix="/v1/privacy", tags=["privacy"])
@@ -108,12 +106,3 @@ async def routes(
     _: Identity = Depends(require(Scope.ADMIN)),
 ) -> Any:
     return await coord.privacy.setup_onion_routing(body)
-
-
-@router.post("/hidden-services", summary="Create a hidden service (501 for now)")
-async def hidden_services(
-    body: HiddenServiceSpec,
-    coord: Coordinator = Depends(coordinator),
-    _: Identity = Depends(require(Scope.SERVICES_READ)),
-) -> Any:
-    return await coord.privacy.create_hidden_service(body)
