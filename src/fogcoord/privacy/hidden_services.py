@@ -152,6 +152,21 @@ class HiddenServiceHost:
             except Exception as exc:
                 log.warning("hidden service %s not restored: %s", row["address"], exc)
 
+    async def refresh(self) -> int:
+        """The relays changed: every service adopts the new consensus and republishes if its
+        responsible directories changed or an introduction point is gone (or it never
+        published); how many republished."""
+        consensus = self._consensus()
+        count = 0
+        for hosted in list(self.hosted.values()):
+            try:
+                if await hosted.service.republish_if_changed(consensus):
+                    count += 1
+                hosted.error = ""
+            except Exception as exc:  # kept on the service's view; the next change retries
+                hosted.error = str(exc) or type(exc).__name__
+        return count
+
     def get(self, address: str) -> Hosted:
         hosted = self.hosted.get(address)
         if hosted is None:

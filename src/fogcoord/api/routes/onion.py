@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from fastapi import APIRouter, Depends
@@ -29,8 +30,21 @@ async def register_relay(
     coord: Coordinator = Depends(coordinator),
     who: Identity = Depends(require(Scope.DEVICES_WRITE)),
 ) -> dict[str, Any]:
+    known = {r.id for r in coord.privacy.directory.authority.relays()}
     relay = coord.privacy.directory.register(body.relay, body.signature, who.principal.principal_id)
+    if relay.id not in known:
+        _republish(coord)
     return relay.to_dict()
+
+
+def _republish(coord: Coordinator) -> None:
+    """Hidden services follow the relay set (their HSDirs and introduction points)."""
+    task = asyncio.get_running_loop().create_task(coord.privacy.hidden.refresh())
+    _refreshing.add(task)
+    task.add_done_callback(_refreshing.discard)
+
+
+_refreshing: set[asyncio.Task[int]] = set()
 
 
 @router.delete("/relays/{relay_id}", status_code=204, summary="Withdraw a relay")
@@ -42,6 +56,7 @@ async def remove_relay(
     coord.privacy.directory.remove(
         relay_id, who.principal.principal_id, admin=who.allows(Scope.ADMIN)
     )
+    _republish(coord)
 
 
 @router.get("/consensus", summary="Every relay, signed by the directory's Ed25519 key")
