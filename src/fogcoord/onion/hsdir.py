@@ -222,6 +222,8 @@ async def await_on_circuit(
 ) -> T:
     """``answer``'s result, or the :class:`CircuitClosed` of ``circuit`` if it dies first, or
     :class:`TimeoutError` after ``timeout`` (default: the circuit's)."""
+    if answer.done():  # arrived before the circuit closed behind it: the answer stands
+        return answer.result()
     watch = relay_waiter(circuit, _NEVER_SENT, timeout)
     pending: set[asyncio.Future[Any]] = {answer, watch}
     try:
