@@ -718,6 +718,9 @@ def relay(
         typer.Option(help="exit rule NETWORK:LO-HI (repeatable; default loopback only)"),
     ] = None,
     bandwidth: Annotated[int, typer.Option(min=1, help="advertised, for path weighting")] = 1000,
+    max_services: Annotated[
+        int, typer.Option(min=1, help="hidden services this relay introduces at most")
+    ] = 5,
 ) -> None:
     """Run an onion relay registered with the coordinator until Ctrl-C."""
     import os
@@ -738,6 +741,7 @@ def relay(
             exit_relay=exit_relay,
             exit_policy=allow,
             bandwidth=bandwidth,
+            max_services_per_node=max_services,
         )
         await runner.start()
         r = runner.relay
@@ -782,7 +786,7 @@ def onion_socks(
         key = Ed25519PublicKey.from_public_bytes(bytes.fromhex(authority))
         consensus = SignedConsensus.from_json(raw).verify(key)
         client = OnionClient(consensus)
-        server = SocksServer(client, "127.0.0.1", port)
+        server = SocksServer(client, "127.0.0.1", port, hops=hops)
         await server.start()
         out.print(
             f"SOCKS5 on 127.0.0.1:{server.port} through {len(consensus.relays)} relays "

@@ -67,8 +67,10 @@ class SocksServer:
         port: int = 0,
         *,
         handshake_timeout: float = 10.0,
+        hops: int = 3,
     ) -> None:
         self.client = client
+        self.hops = hops
         self.host = host
         self.port = port
         self.handshake_timeout = handshake_timeout
@@ -108,7 +110,7 @@ class SocksServer:
         async with self._build_lock:
             circuit = self._circuits.get(port)
             if circuit is None or circuit.closed:
-                circuit = await self.client.build_circuit(exit_port=port)
+                circuit = await self.client.build_circuit(length=self.hops, exit_port=port)
                 self._circuits[port] = circuit
             return circuit
 

@@ -1,9 +1,6 @@
 """FogPrivacyService: differential privacy with per-participant budgets, robust aggregation,
-Byzantine detection (of compute results and of model updates) and secure aggregation.
-
-Onion routing and hidden services are a separate part of this service that this deployment does
-not include yet: their methods raise :class:`FeatureUnavailable` (HTTP 501) with the reason,
-rather than pretending to protect anything.
+Byzantine detection (of compute results and of model updates), secure aggregation, and the onion
+network: the relay directory, circuits from the coordinator and hosted hidden services.
 """
 
 from __future__ import annotations
