@@ -446,10 +446,12 @@ class FogMarketplaceService(ServiceBase):
                 return None
             plan = decided
         # the plan is durable before money moves, so a crash here is finished on the next start
-        # and a retry after a failure finishes the same plan, never a new one
+        # and a retry after a failure finishes the same plan, never a new one; the winners'
+        # owners are not part of the decision and are written behind with the result
+        owners = plan.pop("owners", [])
         await asyncio.to_thread(self.store.update_auction, a.auction_id, settling=json.dumps(plan))
         self._planned[a.auction_id] = plan
-        return await self._finish_settlement(a, plan)
+        return await self._finish_settlement(a, plan, owners)
 
     async def _decide(self, a: AuctionState, mode: str) -> dict[str, Any] | None:
         """The settlement plan from the asks still eligible (one batch call), or None to wait."""
@@ -485,7 +487,9 @@ class FogMarketplaceService(ServiceBase):
             "owners": [owner_of[w] for w in c.winners],
         }
 
-    async def _finish_settlement(self, a: AuctionState, plan: dict[str, Any]) -> AuctionResult:
+    async def _finish_settlement(
+        self, a: AuctionState, plan: dict[str, Any], owner_list: list[str] | None = None
+    ) -> AuctionResult:
         tok = await self._tokenomics()
         capture = int(plan.get("capture", 0))
         status = AuctionStatus(plan["status"])
@@ -520,7 +524,11 @@ class FogMarketplaceService(ServiceBase):
             reason=reason,
             escrow_id=a.escrow_id,
         )
-        owners = _owners_of(plan)
+        owners = (
+            dict(zip(plan.get("winners", []), owner_list, strict=True))
+            if owner_list
+            else _owners_of(plan)
+        )
         settled_at = self.clock.time()
         # winners and owners stay in the stored plan; the result row is written without them,
         # so a 10,000-winner auction is not written twice
@@ -532,6 +540,7 @@ class FogMarketplaceService(ServiceBase):
                 a.auction_id,
                 status=status.value,
                 result=result.model_copy(update={"winners": ()}).model_dump_json(),
+                owners=json.dumps([owners.get(w, "") for w in winners]) if owners else None,
                 closed=status is AuctionStatus.FAILED,
                 settled_at=settled_at,
             )
@@ -912,7 +921,12 @@ class FogMarketplaceService(ServiceBase):
             closed_at = row.get("settled_at") or a.closes_at
             self._closed_rows.append((closed_at, a.slots, len(a.result.winners), a.price))
             if plan is not None:
-                self._owners[a.escrow_id] = _owners_of(plan)
+                owners = json.loads(row["owners"]) if row["owners"] else None
+                self._owners[a.escrow_id] = (
+                    dict(zip(plan.get("winners", []), owners, strict=False))
+                    if isinstance(owners, list)
+                    else _owners_of(plan)
+                )
         elif plan is not None:
             self._planned[a.auction_id] = plan
         self._auctions[a.auction_id] = a
@@ -924,6 +938,8 @@ def _owners_of(plan: dict[str, Any]) -> dict[str, str]:
     owners = plan.get("owners", [])
     if isinstance(owners, dict):
         return {str(k): str(v) for k, v in owners.items()}
+    if not owners:  # owners are written with the result; harvesting knows them meanwhile
+        return {}
     return dict(zip(plan.get("winners", []), owners, strict=True))
 
 
