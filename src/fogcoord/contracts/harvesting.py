@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
 
+import numpy as np
+import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field
 
 from fogcoord.contracts.events import ServiceEvent
@@ -130,13 +132,13 @@ class DeviceStanding:
 class StandingColumns:
     """:class:`DeviceStanding` of many devices, column-wise, in the order asked for.
 
-    What a settlement over thousands of asks reads: no object per device.
+    What a settlement over thousands of asks reads: numpy columns, no object per device.
     """
 
-    known: list[bool]
-    eligible: list[bool]
+    known: npt.NDArray[np.bool_]
+    eligible: npt.NDArray[np.bool_]
     owner: list[str]
-    trust: list[float]
+    trust: npt.NDArray[np.float64]
 
 
 class DeviceDiscoveredEvent(ServiceEvent):

@@ -369,17 +369,15 @@ class FogHarvestingService(ServiceBase):
 
     async def standing_columns(self, device_ids: list[str]) -> StandingColumns:
         reg = self.registry
-        rows_of = reg.rows
-        rows_or_none = [rows_of.get(d) for d in device_ids]
-        known = [r is not None for r in rows_or_none]
-        rows = np.fromiter((r if r is not None else 0 for r in rows_or_none), dtype=np.int64)
+        get = reg.rows.get
+        rows = np.fromiter((get(d, -1) for d in device_ids), dtype=np.int64, count=len(device_ids))
+        known = rows >= 0
+        safe = np.where(known, rows, 0)
         mask = suitability.eligible_mask(reg, self.selection_config)
-        eligible = (mask[rows] & np.asarray(known, dtype=bool)).tolist() if rows.size else []
-        trust = reg.trust[rows].tolist() if rows.size else []
+        eligible = mask[safe] & known if rows.size else np.zeros(0, dtype=bool)
+        trust = reg.trust[safe].astype(np.float64) if rows.size else np.zeros(0)
         meta = reg.meta
-        owner = [
-            m.owner if r is not None and (m := meta[r]) is not None else "" for r in rows_or_none
-        ]
+        owner = [m.owner if r >= 0 and (m := meta[r]) is not None else "" for r in rows.tolist()]
         return StandingColumns(known, eligible, owner, trust)
 
     async def count_eligible(self) -> int:

@@ -459,8 +459,7 @@ class FogMarketplaceService(ServiceBase):
         providers = [x.provider for x in asks]
         cols = await (await self._harvesting()).standing_columns(providers) if asks else None
         ok = (
-            np.asarray(cols.eligible, dtype=bool)
-            & (np.asarray(cols.owner, dtype=object) != a.requester)
+            cols.eligible & (np.asarray(cols.owner, dtype=object) != a.requester)
             if cols is not None
             else np.zeros(0, dtype=bool)
         )
@@ -474,7 +473,7 @@ class FogMarketplaceService(ServiceBase):
         keep = np.flatnonzero(ok)
         price = np.fromiter((x.price for x in asks), dtype=np.int64, count=len(asks))[keep]
         seq = np.fromiter((x.seq for x in asks), dtype=np.int64, count=len(asks))[keep]
-        trust = np.asarray(cols.trust if cols is not None else [], dtype=np.float64)[keep]
+        trust = (cols.trust if cols is not None else np.zeros(0))[keep]
         idx = keep.tolist()
         c = clear_columns([providers[i] for i in idx], price, trust, seq, a.slots, a.allow_partial)
         owner_of = dict(zip(providers, cols.owner, strict=True)) if cols is not None else {}
