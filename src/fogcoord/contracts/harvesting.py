@@ -138,6 +138,7 @@ class StandingColumns:
     known: npt.NDArray[np.bool_]
     eligible: npt.NDArray[np.bool_]
     owner: list[str]
+    """Empty when not asked for."""
     trust: npt.NDArray[np.float64]
 
 
@@ -180,8 +181,11 @@ class HarvestingProtocol(Protocol):
         """Eligibility, owner and trust of many devices in one call (unknown ids are absent)."""
         ...
 
-    async def standing_columns(self, device_ids: list[str]) -> StandingColumns:
-        """:meth:`device_standing` column-wise, aligned with ``device_ids``."""
+    async def standing_columns(
+        self, device_ids: list[str], *, exclude_owner: str | None = None, owners: bool = True
+    ) -> StandingColumns:
+        """:meth:`device_standing` column-wise, aligned with ``device_ids``; devices of
+        ``exclude_owner`` count as not eligible; ``owners=False`` leaves the owner list empty."""
         ...
 
     async def count_eligible(self) -> int:

@@ -367,7 +367,9 @@ class FogHarvestingService(ServiceBase):
             )
         return out
 
-    async def standing_columns(self, device_ids: list[str]) -> StandingColumns:
+    async def standing_columns(
+        self, device_ids: list[str], *, exclude_owner: str | None = None, owners: bool = True
+    ) -> StandingColumns:
         reg = self.registry
         get = reg.rows.get
         rows = np.fromiter((get(d, -1) for d in device_ids), dtype=np.int64, count=len(device_ids))
@@ -375,10 +377,18 @@ class FogHarvestingService(ServiceBase):
         safe = np.where(known, rows, 0)
         mask = suitability.eligible_mask(reg, self.selection_config)
         eligible = mask[safe] & known if rows.size else np.zeros(0, dtype=bool)
+        if exclude_owner is not None and rows.size:
+            code = reg.owners.lookup(exclude_owner)
+            if code is not None:
+                eligible &= reg.owner[safe] != code
         trust = reg.trust[safe].astype(np.float64) if rows.size else np.zeros(0)
-        meta = reg.meta
-        owner = [m.owner if r >= 0 and (m := meta[r]) is not None else "" for r in rows.tolist()]
-        return StandingColumns(known, eligible, owner, trust)
+        names: list[str] = []
+        if owners:
+            meta = reg.meta
+            names = [
+                m.owner if r >= 0 and (m := meta[r]) is not None else "" for r in rows.tolist()
+            ]
+        return StandingColumns(known, eligible, names, trust)
 
     async def count_eligible(self) -> int:
         return int(suitability.eligible_mask(self.registry, self.selection_config).sum())

@@ -78,6 +78,10 @@ class AuctionState:
     closed: bool = False
     """The job has ended: pending payouts posted or voided and the escrow emptied."""
     seq: int = 0
+    column_provider: list[str] = field(default_factory=list)
+    column_price: list[int] = field(default_factory=list)
+    column_seq: list[int] = field(default_factory=list)
+    column_index: dict[str, int] = field(default_factory=dict)
 
     def check(self, provider: str, owner: str, price: int, now: float) -> None:
         """Raise ``BidRefused`` naming the first rule the ask breaks."""
@@ -106,7 +110,27 @@ class AuctionState:
         self.seq += 1
         rec = AskRec(provider, owner, price, self.seq, now)
         self.asks[provider] = rec
+        # the same asks column-wise, kept as they come: settlement reads thousands at once
+        at = self.column_index.get(provider)
+        if at is None:
+            self.column_index[provider] = len(self.column_provider)
+            self.column_provider.append(provider)
+            self.column_price.append(price)
+            self.column_seq.append(self.seq)
+        else:
+            self.column_price[at] = price
+            self.column_seq[at] = self.seq
         return rec
+
+    def withdraw(self, providers: list[str]) -> None:
+        """Drop these asks (no longer eligible); the columns are rebuilt from what is left."""
+        for p in providers:
+            self.asks.pop(p, None)
+        left = sorted(self.asks.values(), key=lambda x: x.seq)
+        self.column_provider = [x.provider for x in left]
+        self.column_price = [x.price for x in left]
+        self.column_seq = [x.seq for x in left]
+        self.column_index = {p: i for i, p in enumerate(self.column_provider)}
 
 
 @dataclass(frozen=True, slots=True)

@@ -446,49 +446,54 @@ class FogMarketplaceService(ServiceBase):
                 return None
             plan = decided
         # the plan is durable before money moves, so a crash here is finished on the next start
-        # and a retry after a failure finishes the same plan, never a new one; the winners'
-        # owners are not part of the decision and are written behind with the result
-        owners = plan.pop("owners", [])
+        # and a retry after a failure finishes the same plan, never a new one
         await asyncio.to_thread(self.store.update_auction, a.auction_id, settling=json.dumps(plan))
         self._planned[a.auction_id] = plan
-        return await self._finish_settlement(a, plan, owners)
+        return await self._finish_settlement(a, plan)
 
     async def _decide(self, a: AuctionState, mode: str) -> dict[str, Any] | None:
         """The settlement plan from the asks still eligible (one batch call), or None to wait."""
-        asks = list(a.asks.values())
-        providers = [x.provider for x in asks]
-        cols = await (await self._harvesting()).standing_columns(providers) if asks else None
-        ok = (
-            cols.eligible & (np.asarray(cols.owner, dtype=object) != a.requester)
-            if cols is not None
-            else np.zeros(0, dtype=bool)
+        providers = list(a.column_provider)
+        price_all = np.array(a.column_price, dtype=np.int64)
+        seq_all = np.array(a.column_seq, dtype=np.int64)
+        harvesting = await self._harvesting()
+        cols = (
+            await harvesting.standing_columns(providers, exclude_owner=a.requester, owners=False)
+            if providers
+            else None
         )
+        ok = cols.eligible if cols is not None else np.zeros(0, dtype=bool)
         count = int(ok.sum())
         if mode in ("early", "requester"):
             enough = count > a.slots if mode == "early" else count >= a.slots
             if not enough and not (mode == "requester" and a.allow_partial and count):
-                for i in np.flatnonzero(~ok).tolist():  # drop what can no longer win; keep going
-                    a.asks.pop(providers[i], None)
+                # drop what can no longer win; keep collecting
+                a.withdraw([providers[i] for i in np.flatnonzero(~ok).tolist()])
                 return None
         keep = np.flatnonzero(ok)
-        price = np.fromiter((x.price for x in asks), dtype=np.int64, count=len(asks))[keep]
-        seq = np.fromiter((x.seq for x in asks), dtype=np.int64, count=len(asks))[keep]
+        price = price_all[keep]
+        seq = seq_all[keep]
         trust = (cols.trust if cols is not None else np.zeros(0))[keep]
         idx = keep.tolist()
         c = clear_columns([providers[i] for i in idx], price, trust, seq, a.slots, a.allow_partial)
-        owner_of = dict(zip(providers, cols.owner, strict=True)) if cols is not None else {}
         return {
             "status": c.status.value,
             "winners": list(c.winners),
             "price": c.price,
             "capture": ceil_micro(a.gflop * c.price) if c.price is not None else 0,
             "reason": c.reason,
-            "owners": [owner_of[w] for w in c.winners],
         }
 
-    async def _finish_settlement(
-        self, a: AuctionState, plan: dict[str, Any], owner_list: list[str] | None = None
-    ) -> AuctionResult:
+    async def _remember_owners(self, a: AuctionState, winners: list[str]) -> None:
+        cols = await (await self._harvesting()).standing_columns(winners)
+        owners = {w: o for w, o in zip(winners, cols.owner, strict=True) if o}
+        self._owners[a.escrow_id] = {**owners, **self._owners.get(a.escrow_id, {})}
+        listed = [owners.get(w, "") for w in winners]
+        self._write_later(
+            functools.partial(self.store.update_auction, a.auction_id, owners=json.dumps(listed))
+        )
+
+    async def _finish_settlement(self, a: AuctionState, plan: dict[str, Any]) -> AuctionResult:
         tok = await self._tokenomics()
         capture = int(plan.get("capture", 0))
         status = AuctionStatus(plan["status"])
@@ -523,11 +528,6 @@ class FogMarketplaceService(ServiceBase):
             reason=reason,
             escrow_id=a.escrow_id,
         )
-        owners = (
-            dict(zip(plan.get("winners", []), owner_list, strict=True))
-            if owner_list
-            else _owners_of(plan)
-        )
         settled_at = self.clock.time()
         # winners and owners stay in the stored plan; the result row is written without them,
         # so a 10,000-winner auction is not written twice
@@ -539,7 +539,6 @@ class FogMarketplaceService(ServiceBase):
                 a.auction_id,
                 status=status.value,
                 result=result.model_copy(update={"winners": ()}).model_dump_json(),
-                owners=json.dumps([owners.get(w, "") for w in winners]) if owners else None,
                 closed=status is AuctionStatus.FAILED,
                 settled_at=settled_at,
             )
@@ -547,7 +546,11 @@ class FogMarketplaceService(ServiceBase):
         self._planned.pop(a.auction_id, None)
         a.status, a.result = status, result
         a.price = price
-        self._owners[a.escrow_id] = owners
+        self._owners[a.escrow_id] = _owners_of(plan)
+        if winners:
+            # who owns each winner is looked up off the settlement's path, then kept: it pays
+            # a device that has since left the registry
+            self._background_task(self._remember_owners(a, list(winners)))
         self.book.auction_closed(settled_at, a.slots, len(winners), price)
         self._reprice()
         if status is AuctionStatus.FAILED:
