@@ -8,15 +8,32 @@ the NATS micro-service STATS shape; the orchestrator's proxies feed them via :me
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable, Coroutine
 from types import TracebackType
 from typing import Any, Self
 
 from fogcoord.clock import Clock, SystemClock
+from fogcoord.contracts.errors import ServiceUnavailable
 from fogcoord.contracts.events import ServiceEvent
 from fogcoord.contracts.lifecycle import HealthStatus, ServiceStats
 
+log = logging.getLogger(__name__)
+
 Publish = Callable[[ServiceEvent], Coroutine[Any, Any, None]]
+
+Resolve = Callable[[str], Coroutine[Any, Any, Any]]
+"""The orchestrator's ``discover_service``: a breaker-guarded proxy, or None."""
+
+
+async def require_service(resolve: Resolve, name: str) -> Any:
+    """The running service ``name`` through ``resolve``; ServiceUnavailable when it is not."""
+    svc = await resolve(name)
+    if svc is None:
+        raise ServiceUnavailable(f"{name} is not running")
+    return svc
+
+
 """How a service hands an event to the bus (the orchestrator's ``broadcast_event``)."""
 
 
@@ -74,9 +91,32 @@ class ServiceBase:
         """Publish ``event`` without making the caller wait for the bus's subscribers."""
         if self._publish is None:
             return
-        task = asyncio.get_running_loop().create_task(self._publish(event))
+        self.spawn(self._publish(event))
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        """Run ``coro`` in the background; :meth:`stop` waits for what is still running."""
+        task = asyncio.get_running_loop().create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+        return task
+
+    def every(
+        self, seconds: float, job: Callable[[], Coroutine[Any, Any, Any]]
+    ) -> asyncio.Task[Any]:
+        """Run ``job`` every ``seconds`` on the service's clock until cancelled; a failing round
+        is logged and the next one tries again."""
+
+        async def loop() -> None:
+            while True:
+                await self.clock.sleep(seconds)
+                try:
+                    await job()
+                except Exception:  # the next round tries again; the failure must be visible
+                    log.exception(
+                        "%s background job %s failed", self._name, getattr(job, "__name__", job)
+                    )
+
+        return self.spawn(loop())
 
     async def health(self) -> HealthStatus:
         if not self._running:

@@ -15,6 +15,7 @@ from typing import Any
 
 from fogcoord.client import FogApiError, FogClient
 from fogcoord.onion.descriptor import DescriptorStore
+from fogcoord.onion.directory import registration_message
 from fogcoord.onion.hidden import install_hs_relay
 from fogcoord.onion.hsdir import install_hsdir
 from fogcoord.onion.policy import ExitPolicy
@@ -27,13 +28,10 @@ REFRESH_S = 60.0
 
 def signed_registration(relay: Relay) -> dict[str, Any]:
     """The registration body: the descriptor and the relay's signature over it."""
-    import json
-
     info = relay.descriptor().to_dict()
     info.pop("owner", None)  # the coordinator sets the owner from the authenticated key
-    body = json.dumps(info, sort_keys=True, separators=(",", ":"))
-    message = b"fogcoord-relay-registration|" + body.encode()
-    return {"relay": info, "signature": relay.identity.signing_key.sign(message).hex()}
+    signature = relay.identity.signing_key.sign(registration_message(info)).hex()
+    return {"relay": info, "signature": signature}
 
 
 class RelayRunner:

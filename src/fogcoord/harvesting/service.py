@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -96,14 +96,9 @@ class FogHarvestingService(ServiceBase):
         self._store = await asyncio.to_thread(SqlDeviceStore, self._engine())
         for rec in await asyncio.to_thread(self._store.load):
             self._load(rec)
-        loop = asyncio.get_running_loop()
         self._tasks = [
-            loop.create_task(
-                self._every(self.config.device_discovery.scan_interval_seconds, self.scan)
-            ),
-            loop.create_task(
-                self._every(self.config.device_discovery.state_flush_seconds, self.flush)
-            ),
+            self.every(self.config.device_discovery.scan_interval_seconds, self.scan),
+            self.every(self.config.device_discovery.state_flush_seconds, self.flush),
         ]
         await self.scan()
 
@@ -118,14 +113,6 @@ class FogHarvestingService(ServiceBase):
         reg = self.registry
         online = int(reg.online[: reg.size].sum())
         return HealthStatus.passing(f"{len(reg)} devices registered, {online} online")
-
-    async def _every(self, seconds: float, job: Callable[[], Coroutine[Any, Any, Any]]) -> None:
-        while True:
-            await self.clock.sleep(seconds)
-            try:
-                await job()
-            except Exception:  # the next round tries again; the failure must be visible
-                log.exception("harvesting background job %s failed", getattr(job, "__name__", job))
 
     # --- registration and heartbeats (the agent protocol) ----------------------------------------
 

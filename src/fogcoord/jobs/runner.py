@@ -60,12 +60,11 @@ from fogcoord.contracts.units import FUEL_PER_GFLOP, MICRO_PER_TOKEN, to_tokens
 from fogcoord.jobs.model import COORDINATOR, Job, Replica, Task
 from fogcoord.jobs.quorum import audit_probability, extra_replicas, judge
 from fogcoord.jobs.store import SqlJobStore
-from fogcoord.lifecycle import Publish, ServiceBase
+from fogcoord.lifecycle import Publish, Resolve, ServiceBase, require_service
 
 log = logging.getLogger(__name__)
 
 NAME = "jobs"
-Resolve = Callable[[str], Awaitable[Any]]
 Send = Callable[[str, dict[str, Any]], Awaitable[bool]]
 
 NONDETERMINISTIC = ("timeout", "crashed")
@@ -142,7 +141,7 @@ class JobRunner(ServiceBase):
         for row in rows:
             if not JobState(row["state"]).terminal:
                 await self._restore(row)
-        self._spawn(self._main_loop())
+        self.spawn(self._main_loop())
 
     async def on_stop(self) -> None:
         for task in list(self._background):
@@ -154,16 +153,8 @@ class JobRunner(ServiceBase):
         live = sum(1 for j in self.jobs.values() if not j.state.terminal)
         return HealthStatus.passing(f"{live} jobs in progress, {len(self._replicas)} replicas out")
 
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
     async def _svc(self, name: str) -> Any:
-        svc = await self._resolve(name)
-        if svc is None:
-            raise FogError(f"{name} is not running")
-        return svc
+        return await require_service(self._resolve, name)
 
     async def _market(self) -> MarketplaceProtocol:
         return cast(MarketplaceProtocol, await self._svc("marketplace"))
@@ -464,7 +455,7 @@ class JobRunner(ServiceBase):
         self._new_replicas.append(replica)
         self._dirty_tasks[task.task_id] = task
         job.replicas_run += 1
-        self._spawn(self._push(replica))
+        self.spawn(self._push(replica))
 
     def _message(self, replica: Replica, with_module: bool) -> dict[str, Any]:
         task, job = replica.task, replica.task.job
@@ -546,7 +537,7 @@ class JobRunner(ServiceBase):
         task.replicas.append(replica)
         self._new_replicas.append(replica)
         task.job.replicas_run += 1
-        self._spawn(self._run_here(replica))
+        self.spawn(self._run_here(replica))
 
     async def _run_here(self, replica: Replica) -> None:
         task, job = replica.task, replica.task.job
@@ -578,7 +569,7 @@ class JobRunner(ServiceBase):
         error = message.get("error")
         if error == "module_missing":
             self._sent_modules.get(device_id, set()).discard(replica.task.job.module_hash)
-            self._spawn(self._push(replica, force_module=True))
+            self.spawn(self._push(replica, force_module=True))
             return {"type": "ack", "replica_id": replica_id, "status": "resending"}
         task = replica.task
         if error is not None or task.done or replica.state != "assigned":

@@ -15,7 +15,7 @@ import hashlib
 import json
 import logging
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
 from typing import Any, cast
 
@@ -30,7 +30,6 @@ from fogcoord.contracts.errors import (
     Forbidden,
     InsufficientFunds,
     NotFound,
-    ServiceUnavailable,
     ValidationFailed,
 )
 from fogcoord.contracts.events import ServiceEvent
@@ -59,7 +58,7 @@ from fogcoord.contracts.marketplace import (
 )
 from fogcoord.contracts.tokenomics import PLATFORM_WALLET, PayoutLeg, TokenomicsProtocol
 from fogcoord.contracts.units import MICRO_PER_TOKEN
-from fogcoord.lifecycle import Publish, ServiceBase
+from fogcoord.lifecycle import Publish, Resolve, ServiceBase, require_service
 from fogcoord.marketplace.auction import AuctionState, BidRefused, clear_columns
 from fogcoord.marketplace.metrics import MarketBook
 from fogcoord.marketplace.pricing import Pricer, Quoted, ceil_micro, tokens
@@ -69,8 +68,6 @@ from fogcoord.marketplace.store import Leg, SqlMarketStore
 log = logging.getLogger(__name__)
 
 NAME = "marketplace"
-Resolve = Callable[[str], Awaitable[Any]]
-"""The orchestrator's ``discover_service``: a breaker-guarded proxy, or None."""
 
 _MICRO = Decimal(MICRO_PER_TOKEN)
 HOLD_GRACE_S = 3_600.0
@@ -164,7 +161,7 @@ class FogMarketplaceService(ServiceBase):
         for batch in await asyncio.to_thread(self.store.unfinished_batches):
             await self._drive_batch(batch["escrow_id"], batch["batch_id"], _legs(batch["legs"]))
         await self.flush()
-        self._background_task(self._expiry_loop())
+        self.every(1.0, self.expire_due)
         await self.refresh_market()
 
     async def on_stop(self) -> None:
@@ -176,30 +173,11 @@ class FogMarketplaceService(ServiceBase):
         open_ = sum(1 for a in self._auctions.values() if a.status is AuctionStatus.OPEN)
         return HealthStatus.passing(f"{open_} open auctions, factor {self.pricer.factor:.3f}")
 
-    def _background_task(self, coro: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
-    async def _expiry_loop(self) -> None:
-        while True:
-            await self.clock.sleep(1.0)
-            try:
-                await self.expire_due()
-            except Exception:  # the next round tries again; the failure must be visible
-                log.exception("marketplace expiry round failed")
-
     async def _tokenomics(self) -> TokenomicsProtocol:
-        svc = await self._resolve("tokenomics")
-        if svc is None:
-            raise ServiceUnavailable("tokenomics is not running")
-        return cast(TokenomicsProtocol, svc)
+        return cast(TokenomicsProtocol, await require_service(self._resolve, "tokenomics"))
 
     async def _harvesting(self) -> HarvestingProtocol:
-        svc = await self._resolve("harvesting")
-        if svc is None:
-            raise ServiceUnavailable("harvesting is not running")
-        return cast(HarvestingProtocol, svc)
+        return cast(HarvestingProtocol, await require_service(self._resolve, "harvesting"))
 
     # --- market state and pricing --------------------------------------------------------------
 
@@ -550,7 +528,7 @@ class FogMarketplaceService(ServiceBase):
         if winners:
             # who owns each winner is looked up off the settlement's path, then kept: it pays
             # a device that has since left the registry
-            self._background_task(self._remember_owners(a, list(winners)))
+            self.spawn(self._remember_owners(a, list(winners)))
         self.book.auction_closed(settled_at, a.slots, len(winners), price)
         self._reprice()
         if status is AuctionStatus.FAILED:

@@ -44,6 +44,12 @@ _HEX40 = re.compile(r"[0-9A-F]{40}")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
+def registration_message(info: Mapping[str, Any]) -> bytes:
+    """What a relay signs to register its descriptor with the authority: canonical JSON."""
+    body = json.dumps(dict(info), sort_keys=True, separators=(",", ":"))
+    return b"fogcoord-relay-registration|" + body.encode()
+
+
 class ConsensusError(ValueError):
     """A consensus or relay entry that is malformed, or whose signature does not verify."""
 

@@ -9,7 +9,6 @@ The authority's key is created once and kept in the store, so clients can pin it
 
 from __future__ import annotations
 
-import json
 import threading
 from typing import Any
 
@@ -20,7 +19,13 @@ from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption,
 from sqlalchemy.engine import Engine
 
 from fogcoord.contracts.errors import Forbidden, NotFound, ValidationFailed
-from fogcoord.onion.directory import Authority, ConsensusError, RelayInfo, SignedConsensus
+from fogcoord.onion.directory import (
+    Authority,
+    ConsensusError,
+    RelayInfo,
+    SignedConsensus,
+    registration_message,
+)
 
 metadata = sa.MetaData()
 keys_t = sa.Table(
@@ -30,12 +35,6 @@ keys_t = sa.Table(
     sa.Column("private_key", sa.LargeBinary, nullable=False),
 )
 KEY_NAME = "directory"
-
-
-def registration_message(info: dict[str, Any]) -> bytes:
-    """What a relay signs to register: its descriptor as canonical JSON."""
-    body = json.dumps(info, sort_keys=True, separators=(",", ":"))
-    return b"fogcoord-relay-registration|" + body.encode()
 
 
 class OnionDirectory:

@@ -134,9 +134,9 @@ class FogSystemStatsService(ServiceBase):
             notifiers = notifiers_from_config(self.config.alerting)
         self.dispatcher = Dispatcher(notifiers)
         interval = self.config.metrics_collection.interval_seconds
-        self._spawn(self._every(interval, self.collect_metrics))
-        self._spawn(self._every(min(5.0, interval), self._persist))
-        self._spawn(self._every(3_600.0, self.compact))
+        self.every(interval, self.collect_metrics)
+        self.every(min(5.0, interval), self._persist)
+        self.every(3_600.0, self.compact)
 
     async def on_stop(self) -> None:
         for task in list(self._background):
@@ -152,21 +152,6 @@ class FogSystemStatsService(ServiceBase):
         if self.latest_at and age > 3 * interval:
             return HealthStatus.warning(f"last collection {age:.0f} s ago")
         return HealthStatus.passing(f"{len(self.latest)} series, {len(self.alerts.rules())} rules")
-
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
-    async def _every(self, seconds: float, job: Callable[[], Awaitable[Any]]) -> None:
-        while True:
-            await self.clock.sleep(seconds)
-            try:
-                await job()
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # the next round tries again; the failure must be visible
-                log.exception("stats job %s failed", getattr(job, "__name__", job))
 
     # --- collection ----------------------------------------------------------------------------
 
@@ -199,7 +184,7 @@ class FogSystemStatsService(ServiceBase):
         if self.dispatcher is None:
             return
         for notification in self.alerts.due_notifications(now):
-            self._spawn(self.dispatcher.send(notification))
+            self.spawn(self.dispatcher.send(notification))
 
     async def record_event(self, event: MetricEvent) -> None:
         if not SERIES_NAME.match(event.name):

@@ -17,7 +17,7 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any, cast
 
 import numpy as np
@@ -45,14 +45,13 @@ from fogcoord.contracts.studies import (
 )
 from fogcoord.contracts.tokenomics import PayoutLeg, TokenomicsProtocol
 from fogcoord.contracts.units import to_micro, to_tokens
-from fogcoord.lifecycle import Publish, ServiceBase
+from fogcoord.lifecycle import Publish, Resolve, ServiceBase, require_service
 from fogcoord.studies.exchange import Exchange, Send
 from fogcoord.studies.store import SqlStudyStore, pack, unpack
 
 log = logging.getLogger(__name__)
 
 NAME = "studies"
-Resolve = Callable[[str], Awaitable[Any]]
 Connected = Callable[[str], bool]
 Arrays = dict[str, np.ndarray[Any, Any]]
 
@@ -157,10 +156,7 @@ class StudyRunner(ServiceBase):
         return HealthStatus.passing(f"{running} studies running")
 
     async def _svc(self, name: str) -> Any:
-        svc = await self._resolve(name)
-        if svc is None:
-            raise FogError(f"{name} is not running")
-        return svc
+        return await require_service(self._resolve, name)
 
     def on_reply(self, device_id: str, message: dict[str, Any]) -> dict[str, Any]:
         taken = self.exchange.reply(device_id, message)

@@ -142,24 +142,20 @@ class Escrow:
         memo: str = "",
     ) -> list[TransferResult]:
         """Pay ``payees`` from the job's escrow as one linked chain (all or nothing)."""
-        legs = [(w, a) for w, a in payees if a > 0]
-        if not legs:
-            return []
-        account = escrow_account(job_id)
-        requests = [
-            TransferRequest(
-                f"pay:{job_id}:{batch_id}:{i}",
-                account,
-                wallet,
-                amount,
-                TransferFlags.LINKED if i < len(legs) - 1 else TransferFlags.NONE,
+        legs = [
+            PayoutLeg(
+                transfer_id=f"pay:{job_id}:{batch_id}:{i}",
+                to_wallet=wallet,
+                amount_micro=amount,
                 memo=memo or f"payout {batch_id} for {job_id}",
             )
-            for i, (wallet, amount) in enumerate(legs)
+            for i, (wallet, amount) in enumerate((w, a) for w, a in payees if a > 0)
         ]
-        return _check("payout", job_id, await self.ledger.transfers(requests))
+        return await self.pay(job_id, legs, step="payout")
 
-    async def pay(self, job_id: str, legs: Sequence[PayoutLeg]) -> list[TransferResult]:
+    async def pay(
+        self, job_id: str, legs: Sequence[PayoutLeg], *, step: str = "pay"
+    ) -> list[TransferResult]:
         """Pay ``legs`` from the job's escrow as one linked chain (all or nothing)."""
         live = [leg for leg in legs if leg.amount_micro > 0]
         if not live:
@@ -178,7 +174,7 @@ class Escrow:
             )
             for i, leg in enumerate(live)
         ]
-        return _check("pay", job_id, await self.ledger.transfers(requests))
+        return _check(step, job_id, await self.ledger.transfers(requests))
 
     async def settle(
         self, job_id: str, post: Sequence[str], void: Sequence[str]
